@@ -1,0 +1,8 @@
+"""Lightning callbacks that orchestrate MBPO between agent updates."""
+
+from callbacks.env_steps import EnvStepMonitor
+from callbacks.evaluation import Evaluation
+from callbacks.model_training import WorldModelTraining
+from callbacks.rollouts import BranchedRollouts
+
+__all__ = ["BranchedRollouts", "EnvStepMonitor", "Evaluation", "WorldModelTraining"]

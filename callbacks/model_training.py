@@ -1,0 +1,94 @@
+"""Model retraining: refit the ensemble on the whole real buffer every ``every`` env steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import Strategy
+from tensordict import TensorDictBase
+
+from nmbrl.envs.termination import termination_rule
+from nmbrl.errors import ConfigError
+from nmbrl.tracking import log_now
+from nmbrl.world_model import EnsembleWorldModel
+
+
+class WorldModelTraining(Callback):
+    """Owns the world model and retrains it on all real data every ``every`` env steps.
+
+    Under DDP the ranks' real data are gathered, rank 0 trains, and the weights, normaliser
+    statistics and elites are broadcast, so every rank imagines with the same model.
+
+    Args:
+        world_model: The ensemble to train.
+        every: Env steps between retrainings (MBPO's ``model_train_freq``).
+    """
+
+    def __init__(self, world_model: EnsembleWorldModel, every: int = 250) -> None:
+        if every < 1:
+            raise ConfigError(f"every={every}: the model is retrained every `every` env steps, so it must be at least 1.")
+        self.world_model = world_model
+        self.every = every
+        self.next_training_at = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.world_model.network is None:
+            data = trainer.datamodule
+            self.world_model.build(data.specs, termination_rule(data.env_name))
+        self.world_model.to(pl_module.device)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        env_steps = trainer.datamodule.env_steps
+        if env_steps < self.next_training_at:
+            return
+        self.next_training_at = (env_steps // self.every + 1) * self.every
+        metrics = train_world_model(trainer.strategy, self.world_model, trainer.datamodule.real_buffer[:])
+        log_now(trainer, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "world_model": self.world_model.state_dict(),
+            "optimizer": self.world_model.optimizer.state_dict(),
+            "next_training_at": self.next_training_at,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.world_model.load_state_dict(state_dict["world_model"])
+        self.world_model.optimizer.load_state_dict(state_dict["optimizer"])
+        self.next_training_at = state_dict["next_training_at"]
+
+
+def train_world_model(strategy: Strategy, world_model: EnsembleWorldModel, real: TensorDictBase) -> dict[str, float]:
+    """Fit the ensemble to the real transitions of all ranks; every rank ends with rank 0's model."""
+    real = gather_transitions(strategy, real.to(world_model.device))
+    metrics = world_model.fit_transitions(real) if strategy.is_global_zero else {}
+    if strategy.world_size > 1:
+        state = strategy.broadcast(world_model.state_dict() if strategy.is_global_zero else None, src=0)
+        world_model.load_state_dict(state)
+        metrics = strategy.broadcast(metrics, src=0)
+    return metrics
+
+
+def gather_transitions(strategy: Strategy, data: TensorDictBase) -> TensorDictBase:
+    """Concatenate every rank's ``data`` (ranks collect the same number of steps)."""
+    if strategy.world_size == 1:
+        return data
+
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        gathered = strategy.all_gather(tensor.to(torch.float32) if tensor.dtype == torch.bool else tensor)
+        return gathered.flatten(0, 1).to(tensor.dtype)
+
+    return data.apply(gather, batch_size=[strategy.world_size * data.shape[0]])
+
+
+def world_model_of(trainer: Trainer) -> EnsembleWorldModel:
+    """The world model of the run, owned by its ``WorldModelTraining`` callback."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, WorldModelTraining):
+            return callback.world_model
+    raise ConfigError(
+        "BranchedRollouts needs a world model: add a callbacks.WorldModelTraining entry before it in trainer.callbacks "
+        "(see configs/mbpo.yaml)."
+    )

@@ -1,0 +1,65 @@
+"""Branched rollouts: fill the model buffer with short imagined trajectories from real states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from callbacks.model_training import world_model_of
+from nmbrl.data import model_buffer_capacity
+from nmbrl.errors import ConfigError
+from nmbrl.rollouts import branched_rollout, check_rollout_schedule, rollout_horizon
+from nmbrl.tracking import log_now
+
+
+class BranchedRollouts(Callback):
+    """Every ``every`` env steps, roll the current policy out in the world model from real states.
+
+    The horizon follows ``schedule`` over epochs; the model buffer keeps ``retain_epochs`` epochs
+    of imagined data (MBPO's formula) and is resized, not wiped, when the horizon grows.
+
+    Args:
+        every: Env steps between rollouts (MBPO rolls out right after each retraining).
+        batch_size: Real start states per rollout (MBPO's ``rollout_batch_size``).
+        schedule: ``[epoch_start, epoch_end, min_horizon, max_horizon]``: the horizon grows linearly between the two epochs.
+        retain_epochs: Epochs of imagined data the model buffer holds.
+    """
+
+    def __init__(self, every: int = 250, batch_size: int = 100_000, schedule: list[int] = [20, 100, 1, 1], retain_epochs: int = 1) -> None:
+        check_rollout_schedule(schedule)
+        for name, value in (("every", every), ("batch_size", batch_size), ("retain_epochs", retain_epochs)):
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1.")
+        self.every = every
+        self.batch_size = batch_size
+        self.schedule = schedule
+        self.retain_epochs = retain_epochs
+        self.next_rollout_at = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        data, world_model = trainer.datamodule, world_model_of(trainer)
+        if data.env_steps < self.next_rollout_at or not world_model.trained:
+            return
+        self.next_rollout_at = (data.env_steps // self.every + 1) * self.every
+        horizon = rollout_horizon(trainer.current_epoch, self.schedule)
+        data.resize_model_buffer(
+            model_buffer_capacity(horizon, self.batch_size, data.epoch_length, self.every, self.retain_epochs)
+        )
+        start = data.real_buffer.sample(self.batch_size)
+        imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon)
+        data.model_buffer.extend(imagined.cpu())
+        log_now(
+            trainer,
+            {
+                "rollout/horizon": horizon,
+                "rollout/model_buffer_size": len(data.model_buffer),
+                "rollout/kept_fraction": imagined.shape[0] / (self.batch_size * horizon),
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_rollout_at": self.next_rollout_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_rollout_at = state_dict["next_rollout_at"]

@@ -1,0 +1,149 @@
+"""The data side of training: the real environment, both replay buffers and the stream of SAC batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from tensordict import TensorDictBase
+from torchrl.data import ReplayBuffer
+from torchrl.envs import EnvBase
+
+from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch
+from nmbrl.data.collect import KeepTransitions, make_collector
+from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
+from nmbrl.errors import ConfigError
+
+
+class RLDataModule(LightningDataModule):
+    """Steps the real environment and serves mixed real/imagined batches to the agent.
+
+    One training epoch is ``epoch_length`` real steps; after each step the agent gets
+    ``updates_per_step`` batches. Before the first epoch, ``random_steps`` steps are taken with a
+    uniform random policy. Under DDP each rank steps its own environment, seeded ``seed + rank``.
+
+    Args:
+        env: Gymnasium id (``Hopper-v5``) or dm_control ``domain-task`` (``cartpole-swingup``).
+        seed: Seed of the real environment (rank ``r`` uses ``seed + r``).
+        buffer_size: Capacity of the real replay buffer, in transitions.
+        random_steps: Initial exploration steps taken with a uniform random policy.
+        epoch_length: Real environment steps per training epoch.
+        updates_per_step: Agent updates after each real step (MBPO's ``n_train_repeat``).
+        batch_size: Transitions in each agent batch.
+        real_ratio: Fraction of each batch drawn from real data, sample by sample; the rest is imagined.
+    """
+
+    def __init__(
+        self,
+        env: str = "cartpole-swingup",
+        seed: int = 0,
+        buffer_size: int = 1_000_000,
+        random_steps: int = 5000,
+        epoch_length: int = 1000,
+        updates_per_step: int = 20,
+        batch_size: int = 256,
+        real_ratio: float = 0.05,
+    ) -> None:
+        super().__init__()
+        check_env_name(env)
+        if not 0.0 <= real_ratio <= 1.0:
+            raise ConfigError(f"real_ratio={real_ratio} must lie in [0, 1]: it is the fraction of each batch drawn from real data.")
+        sizes = {"buffer_size": buffer_size, "epoch_length": epoch_length, "batch_size": batch_size, "updates_per_step": updates_per_step}
+        for name, value in sizes.items():
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1.")
+        if random_steps < 0:
+            raise ConfigError(f"random_steps={random_steps} must not be negative.")
+        self.env_name = env
+        self.seed = seed
+        self.buffer_size = buffer_size
+        self.random_steps = random_steps
+        self.epoch_length = epoch_length
+        self.updates_per_step = updates_per_step
+        self.batch_size = batch_size
+        self.real_ratio = real_ratio
+        self.env: EnvBase | None = None
+        self.real_buffer: ReplayBuffer | None = None
+        self.model_buffer: ReplayBuffer | None = None
+        self.env_steps = 0
+        self._collector = None
+        self._collector_iter: Iterator | None = None
+        self._episodes: KeepTransitions | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def specs(self) -> EnvSpecs:
+        return env_specs(self.env)
+
+    def setup(self, stage: str) -> None:
+        if self.env is None:
+            self.env = make_env(self.env_name, seed=self.seed + self.rank)
+            self.real_buffer = make_replay_buffer(self.buffer_size)
+
+    def teardown(self, stage: str) -> None:
+        if self._collector is not None:
+            self._collector.shutdown()
+            self._collector = self._collector_iter = None
+
+    def train_dataloader(self) -> TrainingStream:
+        return TrainingStream(self)
+
+    # --- real data ------------------------------------------------------------------------------
+
+    def collect(self, steps: int) -> None:
+        """Take ``steps`` real environment steps with the agent's exploration policy."""
+        if self._collector_iter is None:
+            module = self.trainer.lightning_module
+            self._collector, self._episodes = make_collector(
+                self.env, module.policy, self.real_buffer, self.random_steps - self.env_steps, module.device
+            )
+            self._collector_iter = iter(self._collector)
+        for _ in range(steps):
+            next(self._collector_iter)
+        self.env_steps += steps
+
+    def explore(self) -> None:
+        """The initial uniform-random exploration, once per run."""
+        remaining = self.random_steps - self.env_steps
+        if remaining > 0:
+            rank_zero_info(f"Collecting {remaining} random exploration steps in {self.env_name}.")
+            self.collect(remaining)
+
+    def pop_episode_returns(self) -> list[float]:
+        """Returns of the real episodes finished since the last call."""
+        if self._episodes is None:
+            return []
+        returns, self._episodes.finished_returns = self._episodes.finished_returns, []
+        return returns
+
+    # --- agent batches ------------------------------------------------------------------------
+
+    def sample_batch(self) -> TensorDictBase:
+        return sample_mixed_batch(self.real_buffer, self.model_buffer, self.batch_size, self.real_ratio)
+
+    def resize_model_buffer(self, capacity: int) -> None:
+        """Give the model buffer ``capacity``, keeping what it holds (newest data wins on shrinking)."""
+        if self.model_buffer is None or self.model_buffer._storage.max_size != capacity:
+            self.model_buffer = resized(self.model_buffer, capacity)
+
+
+class TrainingStream:
+    """The training "dataloader": one real step, then ``updates_per_step`` batches, for one epoch."""
+
+    def __init__(self, data: RLDataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.epoch_length * self.data.updates_per_step
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        data = self.data
+        data.explore()
+        for _ in range(data.epoch_length):
+            data.collect(1)
+            for _ in range(data.updates_per_step):
+                yield data.sample_batch()

@@ -1,0 +1,91 @@
+"""Build TorchRL environments from one name: a gymnasium id or a dm_control ``domain-task``.
+
+Both kinds come out with the same keys: a flat float32 ``"observation"``, ``"action"``,
+``"reward"``, ``"done"``, ``"terminated"`` and ``"truncated"``, plus ``"episode_reward"``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torchrl.data import TensorSpec
+from torchrl.envs import (
+    CatTensors,
+    DMControlEnv,
+    DoubleToFloat,
+    EnvBase,
+    GymEnv,
+    RewardSum,
+    TransformedEnv,
+)
+
+from nmbrl.errors import ConfigError
+
+GYM_ID = re.compile(r"^[A-Za-z0-9_]+-v\d+$")
+
+NAMING_HELP = (
+    "Name a gymnasium environment by its id, e.g. 'Hopper-v5' or 'InvertedPendulum-v5', "
+    "and a dm_control task as 'domain-task', e.g. 'cartpole-swingup', 'walker-walk' or 'cheetah-run'."
+)
+
+
+@dataclass(frozen=True)
+class EnvSpecs:
+    """What the learners need to know about an environment to build their networks."""
+
+    observation_dim: int
+    action_spec: TensorSpec
+
+    @property
+    def action_dim(self) -> int:
+        return self.action_spec.shape[-1]
+
+
+def is_gym_id(name: str) -> bool:
+    return bool(GYM_ID.match(name))
+
+
+def dm_control_tasks() -> list[str]:
+    from dm_control import suite
+
+    return [f"{domain}-{task}" for domain, task in suite.ALL_TASKS]
+
+
+def check_env_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` names an installed gymnasium or dm_control task.
+
+    Only registries are read: no environment is built.
+    """
+    if is_gym_id(name):
+        import gymnasium
+
+        if name in gymnasium.envs.registry:
+            return
+        raise ConfigError(f"env={name!r}: no gymnasium environment has this id. {NAMING_HELP}")
+    if name in dm_control_tasks():
+        return
+    raise ConfigError(f"env={name!r} is not a known environment. {NAMING_HELP}")
+
+
+def make_env(name: str, seed: int, device: torch.device | str = "cpu") -> EnvBase:
+    """Build the TorchRL environment ``name``, seeded with ``seed``."""
+    if is_gym_id(name):
+        env = TransformedEnv(GymEnv(name, device=device))
+    else:
+        domain, task = name.split("-", 1)
+        env = DMControlEnv(domain, task, device=device)
+        obs_keys = list(env.observation_spec.keys())
+        env = TransformedEnv(env, CatTensors(obs_keys, out_key="observation", del_keys=True))
+    env.append_transform(DoubleToFloat())
+    env.append_transform(RewardSum())
+    env.set_seed(seed)
+    return env
+
+
+def env_specs(env: EnvBase) -> EnvSpecs:
+    return EnvSpecs(
+        observation_dim=env.observation_spec["observation"].shape[-1],
+        action_spec=env.action_spec,
+    )

@@ -1,0 +1,9 @@
+"""The one exception type for bad user input."""
+
+
+class ConfigError(ValueError):
+    """A setting is invalid. The message names the value, what was expected and the fix.
+
+    Raised while the config is instantiated, before any environment is built, and turned into a
+    one-line message and a non-zero exit by ``cli.py``.
+    """

@@ -1,0 +1,70 @@
+"""Branched rollouts: short imagined trajectories from real start states, and their schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+
+from nmbrl.data.buffers import select_transitions
+from nmbrl.errors import ConfigError
+from nmbrl.world_model import EnsembleWorldModel, ImaginedEnv
+
+
+def check_rollout_schedule(schedule: Sequence[int]) -> None:
+    """Raise ConfigError unless ``schedule`` is ``[epoch_start, epoch_end, min_horizon, max_horizon]``."""
+    usage = (
+        "rollout_schedule must be [epoch_start, epoch_end, min_horizon, max_horizon] with whole numbers, "
+        "0 <= epoch_start <= epoch_end and horizons >= 1, e.g. [20, 100, 1, 15]"
+    )
+    if len(schedule) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in schedule):
+        raise ConfigError(f"rollout_schedule={list(schedule)}: {usage}.")
+    start, end, low, high = schedule
+    if not (0 <= start <= end and low >= 1 and high >= 1):
+        raise ConfigError(f"rollout_schedule={list(schedule)}: {usage}.")
+
+
+def rollout_horizon(epoch: int, schedule: Sequence[int]) -> int:
+    """Rollout length at ``epoch``: ``min_horizon`` until ``epoch_start``, then linear up to ``max_horizon`` at ``epoch_end``."""
+    start, end, low, high = schedule
+    if epoch <= start:
+        return low
+    if end == start:
+        return high
+    fraction = min((epoch - start) / (end - start), 1.0)
+    return int(low + fraction * (high - low))
+
+
+def alive_mask(terminated: Tensor) -> Tensor:
+    """Which transitions of ``N x T`` rollouts come before or at their first termination.
+
+    A transition is kept if no earlier step of its rollout terminated; the terminating step itself
+    is kept (it is a real terminal transition), everything after it is dropped.
+    """
+    terminated = terminated.reshape(terminated.shape[0], terminated.shape[1]).long()
+    earlier_terminations = terminated.cumsum(dim=1) - terminated
+    return earlier_terminations == 0
+
+
+def branched_rollout(
+    world_model: EnsembleWorldModel,
+    real_env: EnvBase,
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    start: TensorDictBase,
+    horizon: int,
+) -> TensorDictBase:
+    """Roll ``horizon`` imagined steps from each start state with the stochastic policy.
+
+    Returns the flat batch of imagined transitions that precede a predicted termination, with
+    the same keys as real transitions.
+    """
+    env = ImaginedEnv(world_model, real_env, batch_size=start.shape[0])
+    start = start.select("observation").to(env.device)
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        rollout = env.rollout(horizon, policy, auto_reset=False, tensordict=start, break_when_any_done=False)
+    rollout = rollout.reshape(start.shape[0], horizon)
+    keep = alive_mask(rollout["next", "terminated"])
+    return select_transitions(rollout[keep])

@@ -1,0 +1,112 @@
+"""MLflow tracking: a logger whose x-axis is env steps, and the run's config saved as an artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class EnvStepMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, with metrics stepped by environment steps instead of updates.
+
+    RL curves are read against env steps; every metric is logged at the latest ``env_steps``
+    value seen (it is logged with every batch). The folder of an sqlite tracking URI is created
+    on first use.
+
+    Args:
+        experiment_name: MLflow experiment that holds the run.
+        run_name: Name of the MLflow run (default: MLflow picks one).
+        tracking_uri: Where runs are stored, e.g. ``sqlite:///runs/mlflow.db`` or ``http://host:5000``.
+        artifact_location: Where new experiments keep artifacts (default: ``mlartifacts`` beside an sqlite file).
+        tags: Tags of the run.
+        run_id: Continue this existing run instead of starting a new one.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "nmbrl",
+        run_name: str | None = None,
+        tracking_uri: str = "sqlite:///runs/mlflow.db",
+        artifact_location: str | None = None,
+        tags: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        sqlite_file = sqlite_path(tracking_uri)
+        if artifact_location is None and sqlite_file is not None:
+            artifact_location = (sqlite_file.parent / "mlartifacts").resolve().as_uri()
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            artifact_location=artifact_location,
+            tags=tags,
+            run_id=run_id,
+        )
+        self._env_steps = 0
+
+    @property
+    def experiment(self):
+        sqlite_file = sqlite_path(self._tracking_uri)
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        return super().experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._env_steps = int(metrics.get("env_steps", self._env_steps))
+        super().log_metrics(metrics, step=self._env_steps)
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """The run folder, ``<default_root_dir>/<experiment id>/<run id>``: config and checkpoints live there."""
+    logger = trainer.logger
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    return Path(trainer.default_root_dir) / str(logger.name) / str(logger.version)
+
+
+def log_now(trainer: Trainer, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` to every logger at once, tagged with the current env step.
+
+    For events rarer than Lightning's ``log_every_n_steps`` (model retraining, evaluation),
+    which ``LightningModule.log`` would drop between logging steps.
+    """
+    env_steps = trainer.datamodule.env_steps
+    for logger in trainer.loggers:
+        logger.log_metrics({**metrics, "env_steps": env_steps}, step=env_steps)
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Save the resolved config as ``config.yaml`` in the run folder, and log it to MLflow.
+
+    Lightning's own callback writes to ``trainer.log_dir``, which MLFlowLogger leaves undefined
+    for a database store; here the config goes to the run folder instead, to the run's
+    artifacts, and to its parameters (flattened by the logger, e.g. ``model/gamma``).
+    """
+
+    def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = True, multifile: bool = False) -> None:
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = run_dir(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.config_filename
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        logger = trainer.logger
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifact(logger.run_id, str(path))
+        if isinstance(logger, Logger):
+            config = self.config.as_dict()
+            config.pop("config", None)
+            logger.log_hyperparams(config)

@@ -1,0 +1,242 @@
+"""The ensemble world model as a LightningModule: its loss, its holdout validation and its elites."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from tensordict import TensorDictBase
+from torch import Tensor
+from torch.nn import functional as F
+
+from nmbrl.envs import EnvSpecs
+from nmbrl.errors import ConfigError
+from nmbrl.world_model.ensemble import GaussianEnsemble
+from nmbrl.world_model.normalizer import Normalizer
+
+TerminationRule = Callable[[Tensor], Tensor]
+
+
+class EnsembleWorldModel(LightningModule):
+    """Probabilistic ensemble of dynamics models predicting a Gaussian over [reward, delta-observation].
+
+    Inputs [observation, action] and targets [reward, delta-observation] are normalised with
+    statistics of the real data. Training uses one bootstrap sample per member (drawn once per
+    ``fit_transitions`` call), a holdout split and early stopping; the members with the lowest
+    holdout error are the elites used for imagined rollouts.
+
+    Args:
+        ensemble_size: Number of members trained in parallel.
+        num_elites: Members with the lowest holdout error used for rollouts.
+        hidden_size: Units in each hidden layer.
+        num_hidden_layers: Hidden layers of each member.
+        weight_decays: L2 penalty of each layer (hidden layers then output layer).
+        logvar_bound_penalty: Weight of the penalty that keeps the learned log-variance bounds tight.
+        batch_size: Minibatch size of each member.
+        holdout_ratio: Fraction of the real data held out to validate and pick elites.
+        max_holdout: Largest holdout set.
+        patience: Stop after this many epochs in which no member improved.
+        min_improvement: Relative holdout improvement that counts as improving.
+        max_epochs: Cap on epochs per retraining (None: train until early stopping).
+        learn_termination: Learn a termination head. None: only when no exact rule is known.
+        optimizer: Optimizer for the ensemble (default: Adam with lr 1e-3).
+    """
+
+    def __init__(
+        self,
+        ensemble_size: int = 7,
+        num_elites: int = 5,
+        hidden_size: int = 200,
+        num_hidden_layers: int = 4,
+        weight_decays: list[float] = [2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4],
+        logvar_bound_penalty: float = 0.01,
+        batch_size: int = 256,
+        holdout_ratio: float = 0.2,
+        max_holdout: int = 5000,
+        patience: int = 5,
+        min_improvement: float = 0.01,
+        max_epochs: int | None = None,
+        learn_termination: bool | None = None,
+        optimizer: OptimizerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= num_elites <= ensemble_size:
+            raise ConfigError(
+                f"num_elites={num_elites} with ensemble_size={ensemble_size}: the elites are chosen among "
+                f"the members, so num_elites must be between 1 and ensemble_size. Lower num_elites or raise ensemble_size."
+            )
+        if len(weight_decays) != num_hidden_layers + 1:
+            raise ConfigError(
+                f"weight_decays has {len(weight_decays)} values, but a member has {num_hidden_layers + 1} layers "
+                f"(num_hidden_layers={num_hidden_layers} plus the output layer): give one value per layer."
+            )
+        if not 0.0 < holdout_ratio < 1.0:
+            raise ConfigError(f"holdout_ratio={holdout_ratio} must lie strictly between 0 and 1.")
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.optimizer_factory = optimizer
+        self.automatic_optimization = False
+        self.network: GaussianEnsemble | None = None
+        self.termination_rule: TerminationRule | None = None
+
+    # --- construction -------------------------------------------------------------------------
+
+    def build(self, specs: EnvSpecs, termination_rule: TerminationRule | None) -> None:
+        """Create the networks for an environment; ``termination_rule=None`` means learn one."""
+        hp = self.hparams
+        learn = termination_rule is None if hp.learn_termination is None else hp.learn_termination
+        if termination_rule is None and not learn:
+            raise ConfigError(
+                "learn_termination=False but no exact termination rule is known for this environment: "
+                "set learn_termination to null or true."
+            )
+        in_dim, out_dim = specs.observation_dim + specs.action_dim, 1 + specs.observation_dim
+        self.network = GaussianEnsemble(hp.ensemble_size, in_dim, out_dim, hp.hidden_size, hp.num_hidden_layers, learn)
+        self.input_norm = Normalizer(in_dim)
+        self.target_norm = Normalizer(out_dim)
+        self.register_buffer("elites", torch.arange(hp.num_elites))
+        self.register_buffer("trained", torch.tensor(False))
+        self.termination_rule = None if learn else termination_rule
+        self.optimizer = self.configure_optimizers()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(self.network.parameters(), lr=1e-3)
+        return self.optimizer_factory(self.network.parameters())
+
+    # --- loss ---------------------------------------------------------------------------------
+
+    def loss(self, inputs: Tensor, targets: Tensor, terminated: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Gaussian NLL of each member on its own batch (``E x B x D``), plus regularisers."""
+        mean, logvar, logit = self.network(inputs)
+        nll = (((mean - targets) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
+        bound_penalty = self.network.max_logvar.sum() - self.network.min_logvar.sum()
+        decay = sum(
+            wd * 0.5 * layer.weight.pow(2).sum() for wd, layer in zip(self.hparams.weight_decays, self.network.layers)
+        )
+        loss = nll.sum() + self.hparams.logvar_bound_penalty * bound_penalty + decay
+        metrics = {"model/train_nll": nll.mean().detach()}
+        if logit is not None:
+            bce = F.binary_cross_entropy_with_logits(logit, terminated.float(), reduction="none").mean(dim=(1, 2))
+            loss = loss + bce.sum()
+            metrics["model/termination_bce"] = bce.mean().detach()
+        return loss, metrics
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int = 0) -> dict[str, Tensor]:
+        loss, metrics = self.loss(*batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return metrics
+
+    @torch.no_grad()
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int = 0) -> Tensor:
+        """Holdout MSE of each member (``E``) on the same batch (``B x D``), in normalised units."""
+        inputs, targets, _ = batch
+        mean, _, _ = self.network(inputs.expand(self.hparams.ensemble_size, -1, -1))
+        return ((mean - targets) ** 2).mean(dim=(1, 2))
+
+    # --- training on the real buffer ----------------------------------------------------------
+
+    def fit_transitions(self, transitions: TensorDictBase) -> dict[str, float]:
+        """Retrain on all real ``transitions`` until the holdout error stops improving.
+
+        Weights are kept between calls (warm start). Returns the metrics of the last epoch.
+        """
+        inputs, targets, terminated = self.training_pairs(transitions)
+        self.input_norm.fit(inputs)
+        self.target_norm.fit(targets)
+        x, y = self.input_norm.normalize(inputs), self.target_norm.normalize(targets)
+        train_idx, holdout_idx = self.holdout_split(len(x))
+        holdout = (x[holdout_idx], y[holdout_idx], terminated[holdout_idx])
+        bootstrap = train_idx[torch.randint(len(train_idx), (self.hparams.ensemble_size, len(train_idx)), device=x.device)]
+        best = torch.full((self.hparams.ensemble_size,), 1e10, device=x.device)
+        snapshot = self.member_state()
+        epochs = since_improvement = 0
+        while since_improvement < self.hparams.patience and epochs != self.hparams.max_epochs:
+            train_metrics = self.train_epoch(x, y, terminated, bootstrap)
+            holdout_mse = self.validation_step(holdout)
+            improved = (best - holdout_mse) / best > self.hparams.min_improvement
+            best = torch.where(improved, holdout_mse, best)
+            self.update_member_state(snapshot, improved)
+            since_improvement = 0 if improved.any() else since_improvement + 1
+            epochs += 1
+        self.load_member_state(snapshot)
+        self.elites.copy_(torch.argsort(best)[: self.hparams.num_elites])
+        self.trained.fill_(True)
+        return {
+            **{k: float(v) for k, v in train_metrics.items()},
+            "model/holdout_mse": float(best[self.elites].mean()),
+            "model/epochs": float(epochs),
+        }
+
+    def train_epoch(self, x: Tensor, y: Tensor, terminated: Tensor, bootstrap: Tensor) -> dict[str, Tensor]:
+        """One pass over each member's bootstrap sample, shuffled anew (the sample itself is fixed)."""
+        order = torch.argsort(torch.rand(bootstrap.shape, device=x.device), dim=1)
+        shuffled = torch.gather(bootstrap, 1, order)
+        metrics = {}
+        for start in range(0, shuffled.shape[1], self.hparams.batch_size):
+            idx = shuffled[:, start : start + self.hparams.batch_size]
+            metrics = self.training_step((x[idx], y[idx], terminated[idx]))
+        return metrics
+
+    def holdout_split(self, n: int) -> tuple[Tensor, Tensor]:
+        n_holdout = min(int(n * self.hparams.holdout_ratio), self.hparams.max_holdout)
+        perm = torch.randperm(n, device=self.elites.device)
+        return perm[n_holdout:], perm[:n_holdout]
+
+    @staticmethod
+    def training_pairs(transitions: TensorDictBase) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs [observation, action], targets [reward, delta-observation] and termination flags."""
+        obs, next_obs = transitions["observation"], transitions["next", "observation"]
+        inputs = torch.cat([obs, transitions["action"]], dim=-1)
+        targets = torch.cat([transitions["next", "reward"], next_obs - obs], dim=-1)
+        return inputs, targets, transitions["next", "terminated"]
+
+    # --- per-member snapshots for early stopping ----------------------------------------------
+
+    def member_state(self) -> dict[str, Tensor]:
+        """Copies of the parameters that have one slice per member."""
+        return {name: p.detach().clone() for name, p in self.network.named_parameters() if "logvar" not in name}
+
+    def update_member_state(self, state: dict[str, Tensor], members: Tensor) -> None:
+        params = dict(self.network.named_parameters())
+        for name, saved in state.items():
+            saved[members] = params[name].detach()[members]
+
+    @torch.no_grad()
+    def load_member_state(self, state: dict[str, Tensor]) -> None:
+        params = dict(self.network.named_parameters())
+        for name, saved in state.items():
+            params[name].copy_(saved)
+
+    # --- imagination --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def imagine_step(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample one step for each row of ``observation`` (``N x D``) with a random elite each.
+
+        Rows are dealt out to the elites in a random balanced order, so each elite runs only on
+        its share of the batch: one batched matmul per layer, no loop over members.
+        Returns next observation (``N x D``), reward (``N x 1``) and terminated (``N x 1``).
+        """
+        n, k = observation.shape[0], len(self.elites)
+        per_elite = math.ceil(n / k)
+        perm = torch.randperm(n, device=observation.device)
+        perm = torch.cat([perm, perm[: per_elite * k - n]])
+        x = self.input_norm.normalize(torch.cat([observation, action], dim=-1))[perm].view(k, per_elite, -1)
+        mean, logvar, logit = self.network(x, members=self.elites)
+        sample = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        sample = self.target_norm.denormalize(sample.reshape(k * per_elite, -1)[:n])
+        out = torch.empty_like(sample)
+        out[perm[:n]] = sample
+        reward, next_observation = out[:, :1], observation + out[:, 1:]
+        if self.termination_rule is not None:
+            terminated = self.termination_rule(next_observation)
+        else:
+            flat_logit = logit.reshape(k * per_elite, 1)[:n]
+            terminated = torch.empty_like(flat_logit, dtype=torch.bool)
+            terminated[perm[:n]] = flat_logit > 0
+        return next_observation, reward, terminated
