@@ -11,7 +11,7 @@ from nmbrl.tracking import log_now
 
 
 class EnvStepMonitor(Callback):
-    """Logs ``env_steps`` with every batch (MLflow's x-axis), throughput and finished episodes' returns.
+    """Shows ``env_steps`` in the progress bar; logs throughput and finished episodes' returns.
 
     Args:
         window_s: Seconds over which ``time/env_steps_per_s`` and ``time/updates_per_s`` are averaged.
@@ -23,7 +23,8 @@ class EnvStepMonitor(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         data = trainer.datamodule
-        pl_module.log("env_steps", float(data.env_steps), prog_bar=True)
+        if batch_idx % trainer.log_every_n_steps == 0:
+            pl_module.log("env_steps", float(data.env_steps), prog_bar=True, logger=False)
         now = time.perf_counter()
         if self._since is None:
             self._since = (now, data.env_steps, trainer.global_step)

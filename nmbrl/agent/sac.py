@@ -11,6 +11,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.envs import EnvSpecs
+from nmbrl.tracking import log_now
 
 
 class SACAgent(LightningModule):
@@ -83,12 +84,15 @@ class SACAgent(LightningModule):
         self.manual_backward(loss)
         optimizer.step()
         self.target_update.step()
-        self.log_dict(
-            {
-                "train/critic_loss": losses["loss_qvalue"],
-                "train/actor_loss": losses["loss_actor"],
-                "train/alpha_loss": losses["loss_alpha"],
-                "train/alpha": losses["alpha"],
-                "train/entropy": losses["entropy"],
-            }
-        )
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            # Logged directly: LightningModule.log costs ~1.5 ms a call, as much as a tenth of an update.
+            log_now(
+                self.trainer,
+                {
+                    "train/critic_loss": losses["loss_qvalue"].item(),
+                    "train/actor_loss": losses["loss_actor"].item(),
+                    "train/alpha_loss": losses["loss_alpha"].item(),
+                    "train/alpha": losses["alpha"].item(),
+                    "train/entropy": losses["entropy"].item(),
+                },
+            )
