@@ -59,7 +59,6 @@ def run_command(config: str, extra: list[str], env: str, budget: int, seed: int,
         "--trainer.logger.init_args.tracking_uri", f"sqlite:///{out / 'mlflow.db'}",
         "--trainer.logger.init_args.experiment_name", "benchmark",
         "--trainer.logger.init_args.run_name", name,
-        "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
 
 
@@ -75,6 +74,15 @@ def run_one(command: list[str], log: Path, threads: int) -> float:
         print(f"done in {elapsed / 60:.1f} min: {log.stem}", flush=True)
     (log.with_suffix(".seconds")).write_text(f"{elapsed:.1f}\n")
     return elapsed
+
+
+def create_store(out: Path) -> None:
+    """Create the MLflow database and experiment up front: parallel runs would race to create them."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    if client.get_experiment_by_name("benchmark") is None:
+        client.create_experiment("benchmark", artifact_location=(out / "mlartifacts").as_uri())
 
 
 def curves(out: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             command = run_command(config, shlex.split(extra), args.env, args.budget, seed, name, args.out)
             jobs.append((command, args.out / "logs" / f"{name}.log"))
     if not args.report_only:
+        create_store(args.out)
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(*job, threads), jobs))
