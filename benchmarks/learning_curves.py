@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mbpo-args", default="", help="extra CLI overrides for the MBPO runs")
     parser.add_argument("--sac-args", default="", help="extra CLI overrides for the SAC runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores/jobs)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the MLflow store, logs, table and plot")
     parser.add_argument("--report-only", action="store_true", help="skip training; report what --out holds")
     return parser.parse_args(argv)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             jobs.append((command, args.out / "logs" / f"{name}.log"))
     if not args.report_only:
         create_store(args.out)
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(*job, threads), jobs))
     seconds: dict[str, list[float]] = {}
