@@ -17,14 +17,14 @@ from nmbrl.world_model import EnsembleWorldModel, ImaginedEnv
 def check_rollout_schedule(schedule: Sequence[int]) -> None:
     """Raise ConfigError unless ``schedule`` is ``[epoch_start, epoch_end, min_horizon, max_horizon]``."""
     usage = (
-        "rollout_schedule must be [epoch_start, epoch_end, min_horizon, max_horizon] with whole numbers, "
+        "the rollout schedule must be [epoch_start, epoch_end, min_horizon, max_horizon] with whole numbers, "
         "0 <= epoch_start <= epoch_end and horizons >= 1, e.g. [20, 100, 1, 15]"
     )
     if len(schedule) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in schedule):
-        raise ConfigError(f"rollout_schedule={list(schedule)}: {usage}.")
+        raise ConfigError(f"schedule={list(schedule)}: {usage}.")
     start, end, low, high = schedule
     if not (0 <= start <= end and low >= 1 and high >= 1):
-        raise ConfigError(f"rollout_schedule={list(schedule)}: {usage}.")
+        raise ConfigError(f"schedule={list(schedule)}: {usage}.")
 
 
 def rollout_horizon(epoch: int, schedule: Sequence[int]) -> int:
