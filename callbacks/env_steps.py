@@ -25,17 +25,25 @@ class EnvStepMonitor(Callback):
         data = trainer.datamodule
         if batch_idx % trainer.log_every_n_steps == 0:
             pl_module.log("env_steps", float(data.env_steps), prog_bar=True, logger=False)
-        now = time.perf_counter()
         if self._since is None:
-            self._since = (now, data.env_steps, trainer.global_step)
-        elif now - self._since[0] >= self.window_s:
-            elapsed = now - self._since[0]
-            rates = {
-                "time/env_steps_per_s": (data.env_steps - self._since[1]) / elapsed,
-                "time/updates_per_s": (trainer.global_step - self._since[2]) / elapsed,
-            }
-            self._since = (now, data.env_steps, trainer.global_step)
-            log_now(trainer, rates)
+            self._since = (time.perf_counter(), data.env_steps, trainer.global_step)
+        elif time.perf_counter() - self._since[0] >= self.window_s:
+            self.log_throughput(trainer)
         returns = data.pop_episode_returns()
         if returns:
             log_now(trainer, {"train/episode_return": sum(returns) / len(returns)})
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._since is not None:
+            self.log_throughput(trainer)
+
+    def log_throughput(self, trainer: Trainer) -> None:
+        """Env steps and agent updates per second since the last report (evaluation time included)."""
+        now = time.perf_counter()
+        elapsed = max(now - self._since[0], 1e-9)
+        rates = {
+            "time/env_steps_per_s": (trainer.datamodule.env_steps - self._since[1]) / elapsed,
+            "time/updates_per_s": (trainer.global_step - self._since[2]) / elapsed,
+        }
+        self._since = (now, trainer.datamodule.env_steps, trainer.global_step)
+        log_now(trainer, rates)

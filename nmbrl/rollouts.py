@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
@@ -62,7 +62,7 @@ def branched_rollout(
     the same keys as real transitions.
     """
     env = ImaginedEnv(world_model, real_env, batch_size=start.shape[0])
-    start = start.select("observation").to(env.device)
+    start = TensorDict({"observation": start["observation"]}, batch_size=start.shape[:1], device=env.device)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         rollout = env.rollout(horizon, policy, auto_reset=False, tensordict=start, break_when_any_done=False)
     rollout = rollout.reshape(start.shape[0], horizon)

@@ -20,8 +20,9 @@ class _ImagineStep(nn.Module):
         super().__init__()
         self.world_model = world_model
 
-    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.world_model.imagine_step(observation, action)
+    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        next_observation, reward, terminated = self.world_model.imagine_step(observation, action)
+        return next_observation, reward, terminated, terminated.clone()  # imagined episodes only end by termination
 
 
 class ImaginedEnv(ModelBasedEnvBase):
@@ -35,7 +36,7 @@ class ImaginedEnv(ModelBasedEnvBase):
         module = TensorDictModule(
             _ImagineStep(world_model),
             in_keys=["observation", "action"],
-            out_keys=["observation", "reward", "terminated"],
+            out_keys=["observation", "reward", "terminated", "done"],
         )
         super().__init__(module, device=world_model.device, batch_size=torch.Size([batch_size]))
         shape = self.batch_size

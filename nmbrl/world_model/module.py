@@ -225,7 +225,7 @@ class EnsembleWorldModel(LightningModule):
         n, k = observation.shape[0], len(self.elites)
         per_elite = math.ceil(n / k)
         perm = torch.randperm(n, device=observation.device)
-        perm = torch.cat([perm, perm[: per_elite * k - n]])
+        perm = perm[torch.arange(per_elite * k, device=perm.device) % n]  # pad by cycling
         x = self.input_norm.normalize(torch.cat([observation, action], dim=-1))[perm].view(k, per_elite, -1)
         mean, logvar, logit = self.network(x, members=self.elites)
         sample = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)

@@ -1,0 +1,138 @@
+"""Replay buffers: MBPO's model buffer size, the per-sample real/imagined mix, data module checks."""
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import ReplayBuffer
+
+from nmbrl.data import RLDataModule, make_replay_buffer, model_buffer_capacity, sample_mixed_batch
+from nmbrl.errors import ConfigError
+
+BATCH_SIZE = 256
+
+
+def buffer_of(size: int, reward: float) -> ReplayBuffer:
+    """A buffer of ``size`` transitions whose reward marks where they came from."""
+    transitions = TensorDict(
+        {
+            "observation": torch.randn(size, 3),
+            "action": torch.randn(size, 1),
+            "next": {
+                "observation": torch.randn(size, 3),
+                "reward": torch.full((size, 1), reward),
+                "done": torch.zeros(size, 1, dtype=torch.bool),
+                "terminated": torch.zeros(size, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[size],
+    )
+    buffer = make_replay_buffer(size)
+    buffer.extend(transitions)
+    return buffer
+
+
+def real_rows(batch: TensorDict) -> int:
+    return int((batch["next", "reward"] == 1.0).sum())
+
+
+@pytest.fixture(scope="module")
+def real() -> ReplayBuffer:
+    return buffer_of(1000, reward=1.0)
+
+
+@pytest.fixture(scope="module")
+def imagined() -> ReplayBuffer:
+    return buffer_of(1000, reward=0.0)
+
+
+# --- model buffer size ------------------------------------------------------------------------
+
+
+def test_model_buffer_capacity_of_the_default_settings():
+    # 15 steps x 100k start states x 4 rollouts per epoch x 1 epoch.
+    capacity = model_buffer_capacity(horizon=15, rollout_batch_size=100_000, epoch_length=1000, rollout_every=250, retain_epochs=1)
+    assert capacity == 6_000_000
+
+
+def test_model_buffer_capacity_of_the_humanoid_settings():
+    # 25 steps x 100k start states x 1 rollout per epoch x 5 epochs.
+    capacity = model_buffer_capacity(horizon=25, rollout_batch_size=100_000, epoch_length=1000, rollout_every=1000, retain_epochs=5)
+    assert capacity == 12_500_000
+
+
+def test_model_buffer_holds_at_least_one_rollout_when_rollouts_are_rarer_than_epochs():
+    assert model_buffer_capacity(horizon=1, rollout_batch_size=10, epoch_length=250, rollout_every=1000, retain_epochs=1) == 10
+
+
+# --- mixed batches ----------------------------------------------------------------------------
+
+
+def test_mixed_batches_draw_real_rows_per_sample(real, imagined):
+    torch.manual_seed(0)
+    batches, ratio = 200, 0.05
+
+    counts = torch.tensor([real_rows(sample_mixed_batch(real, imagined, BATCH_SIZE, ratio)) for _ in range(batches)])
+
+    fraction = counts.sum().item() / (batches * BATCH_SIZE)
+    standard_error = math.sqrt(ratio * (1 - ratio) / (batches * BATCH_SIZE))
+    assert abs(fraction - ratio) < 4 * standard_error
+    # Per-sample mixing: the count of real rows is Binomial(256, 0.05), variance ~12.2, not fixed.
+    assert len(set(counts.tolist())) > 5
+    assert 6.0 < counts.float().var().item() < 24.0
+
+
+def test_every_mixed_batch_has_the_batch_size(real, imagined):
+    torch.manual_seed(1)
+    for _ in range(20):
+        assert sample_mixed_batch(real, imagined, BATCH_SIZE, 0.5).shape == (BATCH_SIZE,)
+
+
+def test_real_ratio_one_gives_only_real_rows(real, imagined):
+    torch.manual_seed(2)
+    for _ in range(20):
+        assert real_rows(sample_mixed_batch(real, imagined, BATCH_SIZE, 1.0)) == BATCH_SIZE
+
+
+def test_real_ratio_zero_gives_only_imagined_rows(real, imagined):
+    torch.manual_seed(3)
+    for _ in range(20):
+        assert real_rows(sample_mixed_batch(real, imagined, BATCH_SIZE, 0.0)) == 0
+
+
+@pytest.mark.parametrize("model_buffer", ["none", "empty"])
+def test_without_imagined_data_the_batch_is_real(real, model_buffer):
+    torch.manual_seed(4)
+    model = None if model_buffer == "none" else make_replay_buffer(100)
+
+    batch = sample_mixed_batch(real, model, BATCH_SIZE, 0.05)
+
+    assert batch.shape == (BATCH_SIZE,)
+    assert real_rows(batch) == BATCH_SIZE
+
+
+# --- data module checks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("real_ratio", [1.5, -0.1])
+def test_real_ratio_outside_zero_one_is_a_config_error(real_ratio):
+    with pytest.raises(ConfigError, match=f"real_ratio={real_ratio}"):
+        RLDataModule(env="cartpole-swingup", real_ratio=real_ratio)
+
+
+@pytest.mark.parametrize("env", ["NoSuchEnv-v0", "cartpole-nosuchtask"])
+def test_unknown_env_is_a_config_error_that_shows_both_naming_styles(env):
+    with pytest.raises(ConfigError) as error:
+        RLDataModule(env=env)
+
+    message = str(error.value)
+    assert env in message
+    assert "Hopper-v5" in message
+    assert "cartpole-swingup" in message
+
+
+def test_known_env_names_are_accepted_without_building_the_env():
+    for env in ("Hopper-v5", "cartpole-swingup"):
+        data = RLDataModule(env=env)
+        assert data.env_name == env and data.env is None

@@ -1,0 +1,108 @@
+"""``cli.py fit`` end to end on the shipped configs, with tiny budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import TINY, TINY_MBPO, only_run, run_cli, store_args
+
+from nmbrl.cli import run as cli_run
+
+COMMON_METRICS = {
+    "env_steps",
+    "train/critic_loss",
+    "train/actor_loss",
+    "train/alpha",
+    "train/entropy",
+    "eval/return_mean",
+    "eval/return_std",
+    "time/env_steps_per_s",
+}
+MODEL_METRICS = {"model/train_nll", "model/holdout_mse", "rollout/horizon", "rollout/model_buffer_size"}
+
+
+def check_run(store: Path, expected_metrics: set[str], absent_metrics: set[str] = frozenset()) -> mlflow.entities.Run:
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert expected_metrics <= set(run.data.metrics), expected_metrics - set(run.data.metrics)
+    assert not absent_metrics & set(run.data.metrics)
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    # Metrics are stepped by env steps: the last evaluation happens after all 400 steps.
+    eval_steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")]
+    assert eval_steps == [300, 400]
+    # The resolved config is in the run's parameters and artifacts, and in the run folder with a checkpoint.
+    assert run.data.params["data/epoch_length"] == "100"
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    folder = store / "runs" / run.info.experiment_id / run.info.run_id
+    assert (folder / "config.yaml").is_file()
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    return run
+
+
+def test_mbpo_fit_logs_every_phase_to_mlflow(store: Path) -> None:
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = check_run(store, COMMON_METRICS | MODEL_METRICS)
+    assert run.data.metrics["rollout/model_buffer_size"] > 0
+    assert run.data.params["rollouts/init_args/batch_size"] == "200"
+
+
+def test_sac_fit_has_no_world_model(store: Path) -> None:
+    result = run_cli("fit", "--config", "configs/sac.yaml", *TINY, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.env", "Hoper-v5"], "'Hopper-v5'"),
+        (["--data.env", "cartpole-swingupp"], "'cartpole-swingup'"),
+        (["--data.real_ratio", "1.5"], "real_ratio=1.5"),
+        (["--model_training.world_model.init_args.num_elites", "9"], "num_elites=9"),
+        (["--rollouts.schedule", "[20, 10, 1, 5]"], "schedule=[20, 10, 1, 5]"),
+        (["--rollouts.schedule", "[20, 100, 1]"], "schedule=[20, 100, 1]"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_message(store: Path, capsys, override: list[str], message: str) -> None:
+    # In-process, to pay the imports once; test_bad_input_exit_status checks the real process.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", "configs/mbpo.yaml", *override, *store_args(store)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], stderr[-2000:]
+    assert_nothing_started(store)
+
+
+def test_bad_input_exit_status(store: Path) -> None:
+    result = run_cli("fit", "--config", "configs/sac.yaml", "--data.real_ratio", "-0.5", store=store, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: real_ratio=-0.5 must lie in [0, 1]")
+    assert "Traceback" not in result.stderr
+    assert_nothing_started(store)
+
+
+def assert_nothing_started(store: Path) -> None:
+    """No run folder and no MLflow run (the logger may have created the empty database)."""
+    assert not (store / "runs").exists()
+    if (store / "mlflow.db").exists():
+        client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.parametrize(
+    ("args", "docstring"),
+    [
+        (["--help"], "Fraction of each batch drawn from real data"),
+        (["--rollouts.help", "callbacks.BranchedRollouts"], "Real start states per rollout"),
+        (["--model_training.help", "callbacks.WorldModelTraining"], "Env steps between retrainings"),
+    ],
+)
+def test_help_documents_settings_from_docstrings(capsys, args: list[str], docstring: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", *args])
+    assert exit_info.value.code == 0
+    assert docstring in " ".join(capsys.readouterr().out.split())

@@ -1,0 +1,217 @@
+"""Branched rollouts: the horizon schedule, the alive mask and imagined rollouts on a real env spec."""
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensordict import TensorDictBase
+
+from nmbrl.agent import make_actor
+from nmbrl.data import TRANSITION_KEYS, make_replay_buffer
+from nmbrl.envs import env_specs, make_env
+from nmbrl.envs.termination import termination_rule
+from nmbrl.errors import ConfigError
+from nmbrl.rollouts import alive_mask, branched_rollout, check_rollout_schedule, rollout_horizon
+from nmbrl.world_model import EnsembleWorldModel
+
+ENV = "InvertedPendulum-v5"
+START_STATES = 64
+
+
+def mbpo_horizon(epoch: int, schedule: list[int]) -> int:
+    """The rollout length as MBPO computes it (jannerm/mbpo, ``set_rollout_length``)."""
+    start, end, low, high = schedule
+    if epoch <= start:
+        return low
+    return int(min((epoch - start) / (end - start), 1) * (high - low) + low)
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("epoch", "horizon"), [(0, 1), (20, 1), (21, 1), (60, 8), (100, 15), (300, 15)])
+def test_rollout_horizon_grows_linearly(epoch, horizon):
+    assert rollout_horizon(epoch, [20, 100, 1, 15]) == horizon
+
+
+@pytest.mark.parametrize("schedule", [[20, 100, 1, 15], [1, 15, 1, 1], [20, 300, 1, 25], [20, 150, 1, 15]])
+def test_rollout_horizon_matches_mbpo(schedule):
+    assert [rollout_horizon(epoch, schedule) for epoch in range(400)] == [mbpo_horizon(epoch, schedule) for epoch in range(400)]
+
+
+def test_rollout_horizon_jumps_when_start_and_end_coincide():
+    # MBPO would divide by zero here; the schedule then jumps to max_horizon after epoch_start.
+    assert [rollout_horizon(epoch, [5, 5, 1, 4]) for epoch in range(4, 8)] == [1, 1, 4, 4]
+
+
+def test_constant_schedule_always_gives_its_horizon():
+    assert {rollout_horizon(epoch, [1, 15, 1, 1]) for epoch in range(200)} == {1}
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [[20, 100, 15], [20, 100, 1.5, 15], [100, 20, 1, 15], [20, 100, 0, 15], [20, 100, 1, 0], [-1, 100, 1, 15]],
+    ids=["three-values", "non-integer", "end-before-start", "min-horizon-0", "max-horizon-0", "negative-start"],
+)
+def test_bad_rollout_schedules_are_config_errors(schedule):
+    with pytest.raises(ConfigError, match=re.escape(str(schedule))):
+        check_rollout_schedule(schedule)
+
+
+@pytest.mark.parametrize("schedule", [[20, 100, 1, 15], [1, 15, 1, 1], [0, 0, 1, 1]])
+def test_valid_rollout_schedules_are_accepted(schedule):
+    check_rollout_schedule(schedule)
+
+
+# --- alive mask -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trailing_dim", [False, True])
+def test_alive_mask_keeps_everything_up_to_the_first_termination(trailing_dim):
+    terminated = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    if trailing_dim:
+        terminated = terminated.unsqueeze(-1)
+
+    mask = alive_mask(terminated)
+
+    expected = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_alive_mask_drops_steps_after_repeated_terminations():
+    terminated = torch.tensor([[0, 1, 1, 0, 1]], dtype=torch.bool)
+
+    assert alive_mask(terminated).tolist() == [[True, True, False, False, False]]
+
+
+# --- branched rollouts on InvertedPendulum ----------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny networks: a second intra-op thread gains nothing and, on a loaded machine, slows
+    # everything down many times over by spin-waiting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pendulum() -> SimpleNamespace:
+    """InvertedPendulum with its exact termination rule, a briefly fitted model and a fresh actor."""
+    torch.manual_seed(0)
+    env = make_env(ENV, seed=0)
+    real = env.rollout(300, break_when_any_done=False).reshape(-1)
+    specs = env_specs(env)
+    world_model = EnsembleWorldModel(
+        ensemble_size=3, num_elites=2, hidden_size=32, num_hidden_layers=2, weight_decays=[0.0] * 3, max_epochs=10
+    )
+    world_model.build(specs, termination_rule(ENV))
+    world_model.fit_transitions(real)
+    buffer = make_replay_buffer(1000)
+    buffer.extend(real)
+    return SimpleNamespace(
+        env=env,
+        real=real,
+        buffer=buffer,
+        world_model=world_model,
+        policy=make_actor(specs.observation_dim, specs.action_spec, [32, 32]),
+    )
+
+
+def record_terminations(monkeypatch, world_model: EnsembleWorldModel) -> list[torch.Tensor]:
+    """Spy on ``imagine_step``: the terminated flags (``N x 1``) of every imagined step, in order."""
+    flags = []
+    imagine_step = world_model.imagine_step
+
+    def recorded(observation, action):
+        next_observation, reward, terminated = imagine_step(observation, action)
+        flags.append(terminated.clone())
+        return next_observation, reward, terminated
+
+    monkeypatch.setattr(world_model, "imagine_step", recorded)
+    return flags
+
+
+def zero_action(tensordict: TensorDictBase) -> TensorDictBase:
+    """A deterministic policy, so that any difference between rollouts comes from the model."""
+    return tensordict.set("action", torch.zeros(*tensordict.batch_size, 1))
+
+
+def test_imagined_transitions_look_like_real_ones(pendulum):
+    torch.manual_seed(1)
+    start = pendulum.buffer.sample(START_STATES)
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=5)
+
+    assert set(imagined.keys(include_nested=True, leaves_only=True)) == set(TRANSITION_KEYS)
+    assert imagined.batch_dims == 1 and imagined.shape[0] > 0
+    for key in TRANSITION_KEYS:
+        assert imagined[key].shape[1:] == pendulum.real[key].shape[1:], key
+        assert imagined[key].dtype == pendulum.real[key].dtype, key
+
+
+def test_nothing_after_a_predicted_termination_is_kept(pendulum, monkeypatch):
+    torch.manual_seed(2)
+    horizon = 5
+    flags = record_terminations(monkeypatch, pendulum.world_model)
+    start = pendulum.buffer.sample(START_STATES)
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon)
+
+    terminated = torch.cat(flags, dim=1)  # N x T
+    assert terminated.shape == (START_STATES, horizon)
+    ever = terminated.any(dim=1)
+    first = terminated.int().argmax(dim=1)
+    kept_per_start = torch.where(ever, first + 1, torch.full_like(first, horizon))
+    # The check is only meaningful if some rollouts terminate early and some do not.
+    assert 0 < int((kept_per_start < horizon).sum()) < START_STATES
+    assert imagined.shape[0] == int(kept_per_start.sum()) == int(alive_mask(terminated).sum())
+    # Each terminated rollout contributes exactly one terminal transition: the terminating step.
+    assert int(imagined["next", "terminated"].sum()) == int(ever.sum())
+
+
+def test_the_same_start_states_give_different_imagined_steps(pendulum):
+    torch.manual_seed(3)
+    start = pendulum.buffer.sample(START_STATES)
+
+    first = branched_rollout(pendulum.world_model, pendulum.env, zero_action, start, horizon=1)
+    second = branched_rollout(pendulum.world_model, pendulum.env, zero_action, start, horizon=1)
+
+    # Horizon 1 keeps every row in start order, and the actions are the same (zero) in both.
+    torch.testing.assert_close(first["observation"], start["observation"])
+    torch.testing.assert_close(second["observation"], start["observation"])
+    assert not torch.allclose(first["next", "observation"], second["next", "observation"])
+
+
+def test_the_policy_samples_actions_in_rollouts(pendulum):
+    torch.manual_seed(4)
+    start = pendulum.buffer.sample(START_STATES)
+
+    first = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=1)
+    second = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=1)
+
+    assert not torch.allclose(first["action"], second["action"])
+    assert not torch.allclose(first["next", "observation"], second["next", "observation"])
+
+
+def test_imagined_terminal_transitions_are_done(pendulum):
+    torch.manual_seed(2)
+    start = pendulum.buffer.sample(START_STATES)
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=5)
+
+    terminated, done = imagined["next", "terminated"], imagined["next", "done"]
+    assert terminated.any()
+    # Imagined rollouts are never truncated, so done must be exactly terminated.
+    assert torch.equal(done, terminated)
+
+
+def test_start_states_straight_from_a_real_rollout(pendulum):
+    start = pendulum.real[:8]
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=2)
+
+    assert imagined.shape[0] > 0
