@@ -105,7 +105,7 @@ def table(data: dict[str, dict[int, list[tuple[int, float]]]], seconds: dict[str
 
     algos = sorted(data)
     steps = sorted({s for algo in algos for curve in data[algo].values() for s, _ in curve})
-    header = f"| env steps | " + " | ".join(f"{a} (n={len(data[a])})" for a in algos) + " |"
+    header = "| env steps | " + " | ".join(f"{a} (n={len(data[a])})" for a in algos) + " |"
     lines = [header, "|" + " --- |" * (len(algos) + 1)]
     for step in steps:
         cells = []

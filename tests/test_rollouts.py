@@ -88,14 +88,6 @@ def test_alive_mask_drops_steps_after_repeated_terminations():
 # --- branched rollouts on InvertedPendulum ----------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks: a second intra-op thread gains nothing and, on a loaded machine, slows
-    # everything down many times over by spin-waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

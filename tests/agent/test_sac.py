@@ -12,14 +12,6 @@ from nmbrl.envs import EnvSpecs
 OBS_DIM = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small networks: a second intra-op thread gains nothing and, on a loaded machine, slows
-    # every update down many times over by spin-waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def built_agent(action_spec: Bounded, **settings) -> SACAgent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ROOT, TINY, TINY_MBPO, only_run, run_cli
+from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli
 
 
 def test_two_process_ddp_keeps_replicas_identical(store: Path) -> None:

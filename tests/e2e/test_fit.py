@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TINY, TINY_MBPO, only_run, run_cli, store_args
+from cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
 
 from nmbrl.cli import run as cli_run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import only_run, run_cli
+from cli_runner import only_run, run_cli
 from torchrl.envs.utils import RandomPolicy
 
 from nmbrl.envs import make_env

@@ -83,14 +83,6 @@ def normalised_nll(model: EnsembleWorldModel, data: TensorDict) -> float:
     return float(metrics["model/train_nll"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These networks are tiny: a second intra-op thread gains nothing, and on a loaded machine its
-    # spin-waiting made fitting 50x slower (32 s instead of 0.6 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

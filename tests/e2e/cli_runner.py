@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,8 +51,3 @@ def only_run(store: Path) -> mlflow.entities.Run:
     runs = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
     assert len(runs) == 1, f"expected one MLflow run, found {len(runs)}"
     return runs[0]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path

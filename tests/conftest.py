@@ -1,0 +1,27 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Run the in-process tests on one torch thread.
+
+    Their networks are tiny: a second intra-op thread gains nothing, and on a loaded machine its
+    spin-waiting made a small model fit 50 times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A folder for one CLI run's run folders and MLflow database."""
+    return tmp_path
