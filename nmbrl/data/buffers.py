@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import LazyTensorStorage, ReplayBuffer
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
 # The keys of one transition, the same for real and imagined data.
 TRANSITION_KEYS = (
@@ -22,9 +22,10 @@ def select_transitions(data: TensorDictBase) -> TensorDictBase:
     return data.select(*TRANSITION_KEYS)
 
 
-def make_replay_buffer(capacity: int) -> ReplayBuffer:
-    """A uniform replay buffer whose storage is allocated at the first write."""
-    return ReplayBuffer(storage=LazyTensorStorage(capacity), batch_size=None)
+def make_replay_buffer(capacity: int, scratch_dir: str | None = None) -> ReplayBuffer:
+    """A uniform replay buffer allocated at the first write: in memory, or memory-mapped in ``scratch_dir``."""
+    storage = LazyTensorStorage(capacity) if scratch_dir is None else LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
+    return ReplayBuffer(storage=storage, batch_size=None)
 
 
 def model_buffer_capacity(horizon: int, rollout_batch_size: int, epoch_length: int, rollout_every: int, retain_epochs: int) -> int:
@@ -48,9 +49,9 @@ def sample_mixed_batch(
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def resized(buffer: ReplayBuffer | None, capacity: int) -> ReplayBuffer:
+def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None = None) -> ReplayBuffer:
     """A buffer of ``capacity`` holding (up to capacity) the transitions of ``buffer``."""
-    new = make_replay_buffer(capacity)
+    new = make_replay_buffer(capacity, scratch_dir)
     if buffer is not None and len(buffer) > 0:
         kept = buffer[:]
         new.extend(kept[-capacity:] if len(kept) > capacity else kept)

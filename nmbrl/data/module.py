@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 
 from lightning.pytorch import LightningDataModule
@@ -32,6 +33,8 @@ class RLDataModule(LightningDataModule):
         updates_per_step: Agent updates after each real step (MBPO's ``n_train_repeat``).
         batch_size: Transitions in each agent batch.
         real_ratio: Fraction of each batch drawn from real data, sample by sample; the rest is imagined.
+        model_buffer_dir: Keep the model buffer in memory-mapped files under this folder instead of
+            in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class RLDataModule(LightningDataModule):
         updates_per_step: int = 20,
         batch_size: int = 256,
         real_ratio: float = 0.05,
+        model_buffer_dir: str | None = None,
     ) -> None:
         super().__init__()
         check_env_name(env)
@@ -63,6 +67,7 @@ class RLDataModule(LightningDataModule):
         self.updates_per_step = updates_per_step
         self.batch_size = batch_size
         self.real_ratio = real_ratio
+        self.model_buffer_dir = model_buffer_dir
         self.env: EnvBase | None = None
         self.real_buffer: ReplayBuffer | None = None
         self.model_buffer: ReplayBuffer | None = None
@@ -128,7 +133,10 @@ class RLDataModule(LightningDataModule):
     def resize_model_buffer(self, capacity: int) -> None:
         """Give the model buffer ``capacity``, keeping what it holds (newest data wins on shrinking)."""
         if self.model_buffer is None or self.model_buffer._storage.max_size != capacity:
-            self.model_buffer = resized(self.model_buffer, capacity)
+            scratch = None
+            if self.model_buffer_dir is not None:
+                scratch = tempfile.mkdtemp(prefix=f"model_buffer_rank{self.rank}_", dir=self.model_buffer_dir)
+            self.model_buffer = resized(self.model_buffer, capacity, scratch)
 
 
 class TrainingStream:

@@ -136,3 +136,13 @@ def test_known_env_names_are_accepted_without_building_the_env():
     for env in ("Hopper-v5", "cartpole-swingup"):
         data = RLDataModule(env=env)
         assert data.env_name == env and data.env is None
+
+
+def test_model_buffer_can_live_in_memory_mapped_files(tmp_path) -> None:
+    data = RLDataModule(env="InvertedPendulum-v5", model_buffer_dir=str(tmp_path))
+    data.resize_model_buffer(100)
+    data.model_buffer.extend(TensorDict({"observation": torch.arange(30.0).reshape(30, 1)}, [30]))
+    data.resize_model_buffer(200)  # growing keeps what was there
+    assert len(data.model_buffer) == 30
+    assert sorted(data.model_buffer[:]["observation"].flatten().tolist()) == list(range(30))
+    assert any(tmp_path.rglob("*.memmap")), "the model buffer should be backed by files in model_buffer_dir"
