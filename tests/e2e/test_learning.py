@@ -28,6 +28,7 @@ def test_mbpo_beats_random_policy_on_inverted_pendulum(store: Path) -> None:
         "--rollouts.batch_size", "10000",
         "--evaluation.episodes", "5",
         store=store,
+        timeout=1800,  # about 3 minutes on an idle 2-core machine; generous for a loaded one
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run(store)
