@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores/jobs)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the MLflow store, logs, table and plot")
     parser.add_argument("--report-only", action="store_true", help="skip training; report what --out holds")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="also report the runs of these --out folders")
     return parser.parse_args(argv)
 
 
@@ -154,9 +155,12 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_one(*job, threads), jobs))
     seconds: dict[str, list[float]] = {}
-    for log in (args.out / "logs").glob("*.seconds"):
-        seconds.setdefault(log.stem.rsplit("-seed", 1)[0], []).append(float(log.read_text()))
-    data = curves(args.out)
+    data: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for folder in [args.out, *args.merge]:
+        for log in (folder / "logs").glob("*.seconds"):
+            seconds.setdefault(log.stem.rsplit("-seed", 1)[0], []).append(float(log.read_text()))
+        for algo, runs in curves(folder.resolve()).items():
+            data.setdefault(algo, {}).update(runs)
     report = f"{args.env}, budget {args.budget} env steps, seeds {args.seeds}\n\n{table(data, seconds)}\n"
     print(report)
     (args.out / "table.md").write_text(report)
