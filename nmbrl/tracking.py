@@ -16,8 +16,8 @@ class EnvStepMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, with metrics stepped by environment steps instead of updates.
 
     RL curves are read against env steps; every metric is logged at the latest ``env_steps``
-    value seen (it is logged with every batch). The folder of an sqlite tracking URI is created
-    on first use.
+    value seen (``log_now`` adds it to each write; Lightning's own writes, such as ``epoch``,
+    reuse the last one). The folder of an sqlite tracking URI is created on first use.
 
     Args:
         experiment_name: MLflow experiment that holds the run.
