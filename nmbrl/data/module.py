@@ -71,6 +71,7 @@ class RLDataModule(LightningDataModule):
         self.env: EnvBase | None = None
         self.real_buffer: ReplayBuffer | None = None
         self.model_buffer: ReplayBuffer | None = None
+        self.model_buffer_capacity = 0
         self.env_steps = 0
         self._collector = None
         self._collector_iter: Iterator | None = None
@@ -132,11 +133,12 @@ class RLDataModule(LightningDataModule):
 
     def resize_model_buffer(self, capacity: int) -> None:
         """Give the model buffer ``capacity``, keeping what it holds (newest data wins on shrinking)."""
-        if self.model_buffer is None or self.model_buffer._storage.max_size != capacity:
+        if self.model_buffer is None or self.model_buffer_capacity != capacity:
             scratch = None
             if self.model_buffer_dir is not None:
                 scratch = tempfile.mkdtemp(prefix=f"model_buffer_rank{self.rank}_", dir=self.model_buffer_dir)
             self.model_buffer = resized(self.model_buffer, capacity, scratch)
+            self.model_buffer_capacity = capacity
 
 
 class TrainingStream:
