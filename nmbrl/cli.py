@@ -9,14 +9,19 @@ from typing import Any
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks import BranchedRollouts, Evaluation, WorldModelTraining
+from callbacks import BranchedRollouts, CollectorProcess, Evaluation, WorldModelTraining
 
 from nmbrl.agent import SACAgent
 from nmbrl.data import RLDataModule
 from nmbrl.errors import ConfigError
 from nmbrl.tracking import SaveConfigToRun
 
-OPTIONAL_CALLBACKS = {"model_training": WorldModelTraining, "rollouts": BranchedRollouts, "evaluation": Evaluation}
+OPTIONAL_CALLBACKS = {
+    "model_training": WorldModelTraining,
+    "rollouts": BranchedRollouts,
+    "evaluation": Evaluation,
+    "collection": CollectorProcess,  # concurrent mode: the real env steps in its own process
+}
 
 
 class NMBRLCLI(LightningCLI):

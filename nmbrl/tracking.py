@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,36 @@ class SaveConfigToRun(SaveConfigCallback):
             config = self.config.as_dict()
             config.pop("config", None)
             logger.log_hyperparams(config)
+
+
+def mlflow_run_of(trainer: Trainer) -> tuple[str, str] | None:
+    """The tracking URI and run id of the trainer's MLflow logger, for processes that log into the same run."""
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            return logger.experiment.tracking_uri, logger.run_id
+    return None
+
+
+class RoleLogger:
+    """Metric writes from a role process into the parent's MLflow run, stepped by env steps.
+
+    Holds only the URI and run id, so it can be pickled into a spawned process; the client is
+    made there on first use. With ``run=None`` nothing is logged.
+    """
+
+    def __init__(self, run: tuple[str, str] | None) -> None:
+        self.run = run
+        self._client = None
+
+    def log(self, metrics: dict[str, float], env_steps: int) -> None:
+        if self.run is None:
+            return
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        tracking_uri, run_id = self.run
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri)
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, env_steps) for key, value in metrics.items()]
+        self._client.log_batch(run_id, metrics=batch, synchronous=True)

@@ -11,7 +11,9 @@ from tensordict import TensorDictBase
 from torchrl.data import ReplayBuffer
 from torchrl.envs import EnvBase
 
-from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch
+from nmbrl.concurrent.pacing import PacedStream, RemoteCollection
+from nmbrl.concurrent.shared import CONTEXT, SharedRealData, make_shared_replay_buffer
+from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch, select_transitions
 from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
 from nmbrl.errors import ConfigError
@@ -76,6 +78,8 @@ class RLDataModule(LightningDataModule):
         self._collector = None
         self._collector_iter: Iterator | None = None
         self._episodes: KeepTransitions | None = None
+        self.shared: SharedRealData | None = None
+        self.remote_collection: RemoteCollection | None = None
 
     @property
     def rank(self) -> int:
@@ -95,7 +99,9 @@ class RLDataModule(LightningDataModule):
             self._collector.shutdown()
             self._collector = self._collector_iter = None
 
-    def train_dataloader(self) -> TrainingStream:
+    def train_dataloader(self) -> TrainingStream | PacedStream:
+        if self.remote_collection is not None:
+            return PacedStream(self, self.remote_collection)
         return TrainingStream(self)
 
     # --- real data ------------------------------------------------------------------------------
@@ -125,6 +131,20 @@ class RLDataModule(LightningDataModule):
             return []
         returns, self._episodes.finished_returns = self._episodes.finished_returns, []
         return returns
+
+    # --- concurrent mode ----------------------------------------------------------------------
+
+    def share_real_data(self) -> SharedRealData:
+        """Move the real buffer and the env-step count into shared memory for role processes (once)."""
+        if self.shared is None:
+            example = select_transitions(self.env.fake_tensordict())
+            self.real_buffer = make_shared_replay_buffer(self.buffer_size, example, contents=self.real_buffer)
+            self.shared = SharedRealData(self.real_buffer, CONTEXT.Value("q", self.env_steps))
+        return self.shared
+
+    def collect_remotely(self, collection: RemoteCollection) -> None:
+        """Leave the real environment to a collector process: batches then wait for its steps (``PacedStream``)."""
+        self.remote_collection = collection
 
     # --- agent batches ------------------------------------------------------------------------
 

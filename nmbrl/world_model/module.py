@@ -140,10 +140,12 @@ class EnsembleWorldModel(LightningModule):
 
     # --- training on the real buffer ----------------------------------------------------------
 
-    def fit_transitions(self, transitions: TensorDictBase) -> dict[str, float]:
+    def fit_transitions(self, transitions: TensorDictBase, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
         """Retrain on all real ``transitions`` until the holdout error stops improving.
 
-        Weights are kept between calls (warm start). Returns the metrics of the last epoch.
+        Weights are kept between calls (warm start). ``should_stop`` is asked after each epoch and
+        ends training early, keeping the best weights so far (concurrent mode stops this way).
+        Returns the metrics of the last epoch.
         """
         inputs, targets, terminated = self.training_pairs(transitions)
         self.input_norm.fit(inputs)
@@ -156,6 +158,8 @@ class EnsembleWorldModel(LightningModule):
         snapshot = self.member_state()
         epochs = since_improvement = 0
         while since_improvement < self.hparams.patience and epochs != self.hparams.max_epochs:
+            if epochs > 0 and should_stop is not None and should_stop():
+                break
             train_metrics = self.train_epoch(x, y, terminated, bootstrap)
             holdout_mse = self.validation_step(holdout)
             improved = (best - holdout_mse) / best > self.hparams.min_improvement
@@ -170,6 +174,7 @@ class EnsembleWorldModel(LightningModule):
             **{k: float(v) for k, v in train_metrics.items()},
             "model/holdout_mse": float(best[self.elites].mean()),
             "model/epochs": float(epochs),
+            "model/gradient_steps": float(epochs * math.ceil(len(train_idx) / self.hparams.batch_size)),
         }
 
     def train_epoch(self, x: Tensor, y: Tensor, terminated: Tensor, bootstrap: Tensor) -> dict[str, Tensor]:

@@ -1,0 +1,231 @@
+"""Concurrent mode: the collector and the world-model trainer each run in their own process.
+
+The agent trainer stays the Lightning ``fit`` of the main process. ``CollectorProcess`` and
+``WorldModelTrainingProcess`` start their role when fit starts, keep the main process in step
+with it (policy weights out, world-model weights in, failures noticed at every update) and stop
+it when fit ends or fails. See ``configs/mbpo_async.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from tensordict import TensorDictBase
+
+from callbacks.model_training import WorldModelTraining
+from nmbrl.concurrent.collector_role import CollectorRole
+from nmbrl.concurrent.pacing import Pacing, RemoteCollection
+from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights
+from nmbrl.concurrent.supervisor import RoleFailed, RoleProcess
+from nmbrl.concurrent.world_model_role import WorldModelRole, published_world_model
+from nmbrl.errors import ConfigError
+from nmbrl.tracking import RoleLogger, log_now, mlflow_run_of
+from nmbrl.world_model import EnsembleWorldModel
+
+
+class CollectorProcess(Callback):
+    """Steps the real environment in its own process, with the latest policy the agent published.
+
+    When fit starts, the real buffer and the env-step count move into shared memory and the
+    collector process starts writing every transition into the buffer; the agent trains on it as
+    it grows. Pacing (``nmbrl.concurrent.pacing.Pacing``) holds the agent to at most
+    ``data.updates_per_step`` updates per env step, and the collector to at most ``max_lead``
+    steps ahead of the agent. A failure of the collector stops the run with its error.
+
+    Args:
+        max_lead: Env steps the collector may run ahead of the step the agent needs next (null: unpaced).
+        publish_every: Agent updates between two publications of the policy weights.
+        threads: Torch threads of the collector process.
+        log_every_s: Seconds between two writes of the collector's metrics.
+        stop_timeout_s: Seconds the collector gets to stop before it is terminated.
+    """
+
+    def __init__(
+        self, max_lead: int | None = 250, publish_every: int = 10, threads: int = 1, log_every_s: float = 10.0, stop_timeout_s: float = 10.0
+    ) -> None:
+        for name, value in (("publish_every", publish_every), ("threads", threads)):
+            if value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1.")
+        if max_lead is not None and max_lead < 0:
+            raise ConfigError(f"max_lead={max_lead} must be at least 0, or null for an unpaced collector.")
+        self.max_lead = max_lead
+        self.publish_every = publish_every
+        self.threads = threads
+        self.log_every_s = log_every_s
+        self.stop_timeout_s = stop_timeout_s
+        self.process: RoleProcess | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_single_process(trainer)
+        trainer.datamodule.share_real_data()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        data = trainer.datamodule
+        shared = data.share_real_data()
+        shared.env_steps.value = data.env_steps  # nonzero when resuming
+        self.pacing = Pacing(data.random_steps, data.updates_per_step, self.max_lead)
+        self.agent_updates = CONTEXT.Value("q", trainer.global_step)
+        self.policy_version = CONTEXT.Value("q", 0)
+        self.policy = SharedWeights(published_policy(pl_module))
+        self.policy.publish(published_policy(pl_module))
+        self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s)
+        self.process.start()
+        self.collection = RemoteCollection(shared.env_steps, self.pacing, self.process.check)
+        data.collect_remotely(self.collection)
+        self._since = (time.perf_counter(), 0.0)
+
+    def make_role(self, trainer: Trainer, pl_module: LightningModule, shared: SharedRealData) -> CollectorRole:
+        data = trainer.datamodule
+        return CollectorRole(
+            env_name=data.env_name,
+            seed=data.seed,
+            actor=copy.deepcopy(pl_module.policy).cpu(),
+            policy=self.policy,
+            buffer=shared.buffer,
+            env_steps=shared.env_steps,
+            agent_updates=self.agent_updates,
+            policy_version=self.policy_version,
+            pacing=self.pacing,
+            logger=RoleLogger(mlflow_run_of(trainer)),
+            log_every_s=self.log_every_s,
+            threads=self.threads,
+        )
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.agent_updates.value = trainer.global_step
+        if trainer.global_step % self.publish_every == 0:
+            self.policy.publish(published_policy(pl_module))
+        self.process.check()
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.log_agent_side(trainer)
+
+    def log_agent_side(self, trainer: Trainer) -> None:
+        """The agent's share of the pacing: the policy version it published and how long it waited for env steps."""
+        now, waited = time.perf_counter(), self.collection.waited_s
+        since, waited_before = self._since
+        self._since = (now, waited)
+        log_now(
+            trainer,
+            {
+                "agent/policy_version": self.policy.version.value,
+                "agent/wait_fraction": (waited - waited_before) / max(now - since, 1e-9),
+                "pacing/update_ratio": self.pacing.update_ratio(trainer.datamodule.env_steps, trainer.global_step),
+            },
+        )
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stop()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        with contextlib.suppress(RoleFailed):  # the exception being handled is the one to report
+            self.stop()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        with contextlib.suppress(RoleFailed):
+            self.stop()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class WorldModelTrainingProcess(WorldModelTraining):
+    """Retrains the world model in its own process, over and over, on the shared real buffer.
+
+    The process starts a retraining as soon as ``every`` new env steps have arrived since the last
+    one began, and publishes each result with a version number. Before each agent update this
+    callback copies the newest version into its own world model, which the rollouts use. Needs
+    ``CollectorProcess`` (the ``collection`` group), which shares the real buffer.
+
+    Args:
+        world_model: The ensemble to train.
+        every: New env steps needed before the next retraining starts.
+        threads: Torch threads of the world-model process.
+        stop_timeout_s: Seconds the process gets to stop (it finishes its epoch) before it is terminated.
+    """
+
+    def __init__(self, world_model: EnsembleWorldModel, every: int = 250, threads: int = 1, stop_timeout_s: float = 10.0) -> None:
+        super().__init__(world_model, every)
+        if threads < 1:
+            raise ConfigError(f"threads={threads} must be at least 1.")
+        self.threads = threads
+        self.stop_timeout_s = stop_timeout_s
+        self.process: RoleProcess | None = None
+        self.version = 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        data = trainer.datamodule
+        if data.shared is None:
+            raise ConfigError(
+                "WorldModelTrainingProcess trains on the real buffer that CollectorProcess shares: add "
+                "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml)."
+            )
+        self.in_use = published_world_model(self.world_model, data.env_steps)
+        self.weights = SharedWeights(self.in_use)
+        role = WorldModelRole(
+            world_model=copy.deepcopy(self.world_model).cpu(),
+            weights=self.weights,
+            buffer=data.shared.buffer,
+            env_steps=data.shared.env_steps,
+            first_at=data.random_steps + 1,
+            every=self.every,
+            logger=RoleLogger(mlflow_run_of(trainer)),
+            threads=self.threads,
+        )
+        self.process = RoleProcess(role, self.stop_timeout_s)
+        self.process.start()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # Replaces the in-process retraining of WorldModelTraining: take the newest published version.
+        version = self.weights.read_into(self.in_use, newer_than=self.version)
+        if version is not None:
+            self.version = version
+        self.process.check()
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            log_now(
+                trainer,
+                {
+                    "agent/world_model_version": self.version,
+                    "agent/world_model_age_steps": trainer.datamodule.env_steps - int(self.in_use["env_steps"]),
+                },
+            )
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stop()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        with contextlib.suppress(RoleFailed):
+            self.stop()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        with contextlib.suppress(RoleFailed):
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop the process and take its final weights and optimizer state, for the final checkpoint."""
+        if self.process is None:
+            return
+        final = self.process.stop()
+        if final is not None:
+            state = torch.load(io.BytesIO(final), map_location=self.world_model.device, weights_only=True)
+            self.world_model.load_state_dict(state["world_model"])
+            self.world_model.optimizer.load_state_dict(state["optimizer"])
+
+
+def published_policy(pl_module: LightningModule) -> TensorDictBase:
+    """The policy weights as the collector receives them, stamped with the agent update they come from."""
+    return module_weights(pl_module.policy).set("agent_updates", torch.tensor(pl_module.global_step))
+
+
+def check_single_process(trainer: Trainer) -> None:
+    if trainer.world_size > 1:
+        raise ConfigError(
+            f"Concurrent mode runs on one device, but the trainer has {trainer.world_size} processes: "
+            "remove --trainer.strategy/--trainer.devices, or use configs/mbpo.yaml for multi-device training."
+        )

@@ -1,0 +1,103 @@
+"""The collector role: steps the real environment with the latest published policy, into the shared buffer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
+
+import torch
+from torch import nn
+
+from nmbrl.concurrent.pacing import POLL_S, Pacing
+from nmbrl.concurrent.shared import SharedReplayBuffer, SharedWeights, module_weights
+from nmbrl.concurrent.supervisor import StopSignal
+from nmbrl.data.collect import make_collector
+from nmbrl.envs import make_env
+from nmbrl.tracking import RoleLogger
+
+
+@dataclass
+class CollectorRole:
+    """Everything the collector process needs; pickled into it when it starts.
+
+    Args:
+        env_name: The environment to step, as ``RLDataModule.env``.
+        seed: Seed of the environment.
+        actor: A private copy of the policy network; published weights are copied into it.
+        policy: The agent's published policy weights, stamped with ``agent_updates``.
+        buffer: The shared real buffer every transition goes into.
+        env_steps: The run's env-step count; this role is its only writer.
+        agent_updates: The agent's update count, for pacing.
+        policy_version: The policy version this role acts with, for the others to see.
+        pacing: When to wait for the agent.
+        logger: Where the role's metrics go.
+        log_every_s: Seconds between metric writes.
+        threads: Torch threads of the process.
+    """
+
+    env_name: str
+    seed: int
+    actor: nn.Module
+    policy: SharedWeights
+    buffer: SharedReplayBuffer
+    env_steps: Synchronized
+    agent_updates: Synchronized
+    policy_version: Synchronized
+    pacing: Pacing
+    logger: RoleLogger
+    log_every_s: float = 10.0
+    threads: int = 1
+    name: str = "collector"
+
+    def run(self, should_stop: StopSignal) -> None:
+        env = make_env(self.env_name, seed=self.seed)
+        random_steps = max(self.pacing.random_steps - self.env_steps.value, 0)
+        collector, episodes = make_collector(env, self.actor, self.buffer, random_steps, torch.device("cpu"))
+        steps = iter(collector)
+        acting_with = module_weights(self.actor).set("agent_updates", torch.zeros((), dtype=torch.int64))
+        report = CollectorReport(self, time.perf_counter())
+        try:
+            while not should_stop():
+                if not self.pacing.collector_may_step(self.env_steps.value, self.agent_updates.value):
+                    time.sleep(POLL_S)
+                    continue
+                self.take_latest_policy(acting_with)
+                next(steps)
+                with self.env_steps.get_lock():
+                    self.env_steps.value += 1
+                if time.perf_counter() - report.since >= self.log_every_s:
+                    report.log(acting_with, episodes.finished_returns)
+                    episodes.finished_returns = []
+        finally:
+            collector.shutdown()
+
+    def take_latest_policy(self, acting_with) -> None:
+        """Copy the newest published policy into the actor, if there is one it has not taken yet."""
+        version = self.policy.read_into(acting_with, newer_than=self.policy_version.value)
+        if version is not None:
+            self.policy_version.value = version
+
+
+class CollectorReport:
+    """The collector's metrics since the last write: throughput, policy in use and its age, pacing."""
+
+    def __init__(self, role: CollectorRole, since: float) -> None:
+        self.role = role
+        self.since = since
+        self.env_steps = role.env_steps.value
+
+    def log(self, acting_with, finished_returns: list[float]) -> None:
+        role, now, env_steps = self.role, time.perf_counter(), self.role.env_steps.value
+        updates = role.agent_updates.value
+        metrics = {
+            "collector/env_steps_per_s": (env_steps - self.env_steps) / (now - self.since),
+            "collector/policy_version": role.policy_version.value,
+            "collector/policy_versions_behind": role.policy.version.value - role.policy_version.value,
+            "collector/policy_age_updates": updates - int(acting_with["agent_updates"]),
+            "pacing/update_ratio": role.pacing.update_ratio(env_steps, updates),
+        }
+        if finished_returns:
+            metrics["train/episode_return"] = sum(finished_returns) / len(finished_returns)
+        role.logger.log(metrics, env_steps)
+        self.since, self.env_steps = now, env_steps

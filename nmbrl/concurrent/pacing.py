@@ -1,0 +1,94 @@
+"""Pacing between the collector and the agent, and the agent's stream of batches in concurrent mode."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tensordict import TensorDictBase
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
+
+    from nmbrl.data.module import RLDataModule
+
+POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How far the agent and the collector may run ahead of each other.
+
+    The agent keeps synchronous MBPO's schedule as a ceiling: update ``u`` waits for env step
+    ``random_steps + u // updates_per_step + 1``, so there are never more than
+    ``updates_per_step`` agent updates per env step. The collector may run ``max_lead`` env steps
+    past the step the agent needs next (``None``: as fast as it can). Both rules together cannot
+    deadlock: the agent waits only while the collector is behind that step, the collector only
+    while it is at least ``max_lead`` past it.
+    """
+
+    random_steps: int
+    updates_per_step: int
+    max_lead: int | None
+
+    def env_steps_needed(self, updates: int) -> int:
+        """Env steps the agent must see before its update number ``updates`` (counted from 0)."""
+        return self.random_steps + updates // self.updates_per_step + 1
+
+    def collector_may_step(self, env_steps: int, updates: int) -> bool:
+        return self.max_lead is None or env_steps < self.env_steps_needed(updates) + self.max_lead
+
+    def update_ratio(self, env_steps: int, updates: int) -> float:
+        """Agent updates per env step after exploration, the ratio pacing holds at ``updates_per_step`` at most."""
+        return updates / max(env_steps - self.random_steps, 1)
+
+
+@dataclass
+class RemoteCollection:
+    """The agent's view of a collector running in another process.
+
+    Args:
+        env_steps: Env steps taken so far, counted by the collector.
+        pacing: When the agent must wait for the collector.
+        check_collector: Raises if the collector has stopped; called while waiting, so that a dead
+            collector ends the run instead of hanging it.
+    """
+
+    env_steps: Synchronized
+    pacing: Pacing
+    check_collector: Callable[[], None]
+    waited_s: float = 0.0
+
+    def wait_for_env_steps(self, needed: int) -> int:
+        """Block until the collector has taken ``needed`` env steps; returns the current count."""
+        start = time.perf_counter()
+        while (env_steps := self.env_steps.value) < needed:
+            self.check_collector()
+            time.sleep(POLL_S)
+        self.waited_s += time.perf_counter() - start
+        return env_steps
+
+
+class PacedStream:
+    """The training "dataloader" of concurrent mode: ``epoch_length * updates_per_step`` mixed batches.
+
+    Like ``TrainingStream``, but the env steps come from the collector process; each batch waits
+    until pacing allows its update, and refreshes the data module's ``env_steps``.
+    """
+
+    def __init__(self, data: RLDataModule, collection: RemoteCollection) -> None:
+        self.data = data
+        self.collection = collection
+
+    def __len__(self) -> int:
+        return self.data.epoch_length * self.data.updates_per_step
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        data, collection = self.data, self.collection
+        first_update = data.trainer.global_step
+        for i in range(len(self)):
+            needed = collection.pacing.env_steps_needed(first_update + i)
+            data.env_steps = collection.wait_for_env_steps(needed)
+            yield data.sample_batch()

@@ -1,0 +1,119 @@
+"""Role processes: start one, notice when it fails, stop it, and never leave it running."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import traceback
+from multiprocessing import parent_process
+from typing import Any, Protocol
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from nmbrl.concurrent.shared import CONTEXT
+
+
+class RoleFailed(RuntimeError):
+    """A role process ended with an error, or ended when it should still be running."""
+
+
+class Role(Protocol):
+    """What runs in a role process: ``run`` loops until ``should_stop()`` and may return a final result."""
+
+    name: str
+    threads: int
+
+    def run(self, should_stop: StopSignal) -> Any: ...
+
+
+class StopSignal:
+    """True once the parent asks the role to stop, or once the parent has died (so no orphan survives it)."""
+
+    def __init__(self, event) -> None:
+        self.event = event
+
+    def __call__(self) -> bool:
+        return self.event.is_set() or not parent_process().is_alive()
+
+
+def role_main(role: Role, stop_event, errors, results) -> None:
+    """Entry point of a role process: run the role, send back its result or its traceback."""
+    # Ctrl+C reaches the whole process group; the parent alone decides how the roles stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(role.threads)
+    try:
+        results.put(role.run(StopSignal(stop_event)))
+    except BaseException:
+        errors.put(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+class RoleProcess:
+    """One role running in its own spawned process.
+
+    Args:
+        role: What the process runs; pickled into it, so everything it holds must be shareable.
+        stop_timeout_s: Seconds a stopping role gets to finish before it is terminated, then killed.
+    """
+
+    def __init__(self, role: Role, stop_timeout_s: float = 10.0) -> None:
+        self.role = role
+        self.stop_timeout_s = stop_timeout_s
+        self.stop_event = CONTEXT.Event()
+        self.errors = CONTEXT.Queue()
+        self.results = CONTEXT.Queue()
+        self.process = CONTEXT.Process(
+            target=role_main,
+            args=(role, self.stop_event, self.errors, self.results),
+            name=f"nmbrl-{role.name}",
+            daemon=True,  # a safety net: multiprocessing terminates daemons when the parent exits
+        )
+        self.failure: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.role.name
+
+    def start(self) -> None:
+        self.process.start()
+
+    def check(self) -> None:
+        """Raise RoleFailed, with the role's own traceback, if the process has ended before being asked to."""
+        if self.process.is_alive() or self.stop_event.is_set():
+            return
+        self.failure = self.failure or self.read_failure()
+        raise RoleFailed(f"the {self.name} role failed, so the run stops:\n{self.failure}")
+
+    def read_failure(self) -> str:
+        try:
+            return self.errors.get(timeout=2.0)
+        except queue.Empty:
+            return f"its process ended with exit code {self.process.exitcode} and left no traceback."
+
+    def stop(self) -> Any:
+        """Ask the role to stop and wait for it; terminate it past the timeout. Returns its final result.
+
+        Raises RoleFailed if the role ended with an error. Safe to call more than once.
+        """
+        if self.process.pid is None or self.stop_event.is_set():
+            return None
+        self.stop_event.set()
+        result = None
+        if self.process.is_alive():
+            # Take the result before joining: a process with queued data waits for it to be read.
+            try:
+                result = self.results.get(timeout=self.stop_timeout_s)
+            except queue.Empty:
+                rank_zero_warn(f"The {self.name} role did not stop within {self.stop_timeout_s} s; terminating it.")
+        self.process.join(timeout=2.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=2.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        if self.process.exitcode == 1:  # role_main's exit after an error
+            self.failure = self.failure or self.read_failure()
+            raise RoleFailed(f"the {self.name} role failed:\n{self.failure}")
+        return result
