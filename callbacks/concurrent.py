@@ -168,18 +168,20 @@ class WorldModelTrainingProcess(WorldModelTraining):
             )
         self.in_use = published_world_model(self.world_model, data.env_steps)
         self.weights = SharedWeights(self.in_use)
-        role = WorldModelRole(
+        self.process = RoleProcess(self.make_role(trainer, data.shared), self.stop_timeout_s)
+        self.process.start()
+
+    def make_role(self, trainer: Trainer, shared: SharedRealData) -> WorldModelRole:
+        return WorldModelRole(
             world_model=copy.deepcopy(self.world_model).cpu(),
             weights=self.weights,
-            buffer=data.shared.buffer,
-            env_steps=data.shared.env_steps,
-            first_at=data.random_steps + 1,
+            buffer=shared.buffer,
+            env_steps=shared.env_steps,
+            first_at=trainer.datamodule.random_steps + 1,
             every=self.every,
             logger=RoleLogger(mlflow_run_of(trainer)),
             threads=self.threads,
         )
-        self.process = RoleProcess(role, self.stop_timeout_s)
-        self.process.start()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # Replaces the in-process retraining of WorldModelTraining: take the newest published version.

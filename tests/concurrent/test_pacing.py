@@ -1,0 +1,36 @@
+"""Pacing: the agent keeps synchronous MBPO's schedule as a ceiling, the collector stays close ahead."""
+
+from __future__ import annotations
+
+import itertools
+
+from nmbrl.concurrent.pacing import Pacing
+
+
+def test_the_agent_needs_the_exploration_steps_then_one_step_per_updates_per_step_updates():
+    pacing = Pacing(random_steps=100, updates_per_step=5, max_lead=0)
+    assert [pacing.env_steps_needed(u) for u in (0, 4, 5, 9, 10)] == [101, 101, 102, 102, 103]
+
+
+def test_the_collector_stops_max_lead_steps_past_the_step_the_agent_needs():
+    pacing = Pacing(random_steps=100, updates_per_step=5, max_lead=3)
+    assert pacing.collector_may_step(env_steps=103, updates=0)
+    assert not pacing.collector_may_step(env_steps=104, updates=0)
+    assert pacing.collector_may_step(env_steps=104, updates=5)
+
+
+def test_an_unpaced_collector_never_waits():
+    pacing = Pacing(random_steps=0, updates_per_step=1, max_lead=None)
+    assert pacing.collector_may_step(env_steps=10**9, updates=0)
+
+
+def test_agent_and_collector_never_wait_for_each_other_at_once():
+    for max_lead, updates_per_step in itertools.product((0, 1, 7), (1, 3)):
+        pacing = Pacing(random_steps=5, updates_per_step=updates_per_step, max_lead=max_lead)
+        for env_steps, updates in itertools.product(range(40), range(60)):
+            agent_waits = env_steps < pacing.env_steps_needed(updates)
+            assert not (agent_waits and not pacing.collector_may_step(env_steps, updates))
+
+
+def test_update_ratio_counts_from_the_end_of_exploration():
+    assert Pacing(random_steps=100, updates_per_step=5, max_lead=None).update_ratio(env_steps=120, updates=100) == 5.0

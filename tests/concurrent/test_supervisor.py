@@ -1,0 +1,111 @@
+"""Role processes: results come back, failures surface with their traceback, nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nmbrl.concurrent.shared import CONTEXT
+from nmbrl.concurrent.supervisor import RoleFailed, RoleProcess, StopSignal
+
+
+@dataclass
+class Waiter:
+    """Waits to be stopped, then returns how it ended."""
+
+    name: str = "waiter"
+    threads: int = 1
+
+    def run(self, should_stop: StopSignal) -> str:
+        while not should_stop():
+            time.sleep(0.01)
+        return "stopped cleanly"
+
+
+@dataclass
+class Crasher:
+    name: str = "crasher"
+    threads: int = 1
+
+    def run(self, should_stop: StopSignal) -> None:
+        raise ValueError("injected failure")
+
+
+@dataclass
+class Stubborn:
+    """Ignores the stop signal."""
+
+    name: str = "stubborn"
+    threads: int = 1
+
+    def run(self, should_stop: StopSignal) -> None:
+        while True:
+            time.sleep(0.01)
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def is_running(pid: int) -> bool:
+    """True for a live process; a zombie (ended, not yet reaped) counts as ended."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stopped_role_returns_its_result_and_its_process_ends():
+    role = RoleProcess(Waiter(), stop_timeout_s=30)
+    role.start()
+    role.check()
+    assert role.stop() == "stopped cleanly"
+    assert not role.process.is_alive() and role.process.exitcode == 0
+    assert role.stop() is None  # a second stop is harmless
+
+
+def test_a_failed_role_raises_its_own_traceback_in_the_parent():
+    role = RoleProcess(Crasher())
+    role.start()
+    role.process.join(timeout=60)
+    with pytest.raises(RoleFailed, match="(?s)crasher role failed.*ValueError: injected failure"):
+        role.check()
+    with pytest.raises(RoleFailed, match="ValueError: injected failure"):
+        role.stop()
+
+
+def test_a_role_that_ignores_the_stop_signal_is_terminated():
+    role = RoleProcess(Stubborn(), stop_timeout_s=0.5)
+    role.start()
+    wait_until(lambda: role.process.pid is not None and is_running(role.process.pid))
+    start = time.monotonic()
+    role.stop()
+    assert not role.process.is_alive()
+    assert time.monotonic() - start < 10
+
+
+def start_role_then_die(pids) -> None:
+    role = RoleProcess(Waiter())
+    role.start()
+    pids.put(role.process.pid)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs
+
+
+def test_a_role_ends_itself_when_its_parent_dies():
+    pids = CONTEXT.Queue()
+    parent = CONTEXT.Process(target=start_role_then_die, args=(pids,))
+    parent.start()
+    child = pids.get(timeout=60)
+    parent.join(timeout=60)
+    assert parent.exitcode == -signal.SIGKILL
+    wait_until(lambda: not is_running(child), timeout_s=30)
