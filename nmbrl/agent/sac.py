@@ -59,6 +59,9 @@ class SACAgent(LightningModule):
             target_entropy=hp.target_entropy,
         )
         self.loss_module.make_value_estimator(gamma=hp.gamma)
+        # SACLoss registers its target-entropy buffer on first use; make it now, so that a fresh
+        # agent has the keys of a trained one's checkpoint (otherwise resuming fails on them).
+        self.loss_module.target_entropy
         self.target_update = SoftUpdate(self.loss_module, tau=hp.tau)
 
     def configure_model(self) -> None:

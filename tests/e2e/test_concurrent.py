@@ -1,0 +1,105 @@
+"""``cli.py fit --config configs/mbpo_async.yaml`` end to end: three roles, one MLflow run, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from cli_runner import ROOT, TINY, TINY_MBPO, only_run, store_args
+
+ASYNC = ["fit", "--config", "configs/mbpo_async.yaml", *TINY, *TINY_MBPO, "--collection.log_every_s", "1"]
+ROLE_METRICS = {
+    "collector": {"collector/env_steps_per_s", "collector/policy_version", "collector/policy_age_updates", "pacing/update_ratio"},
+    "world_model": {"world_model/updates_per_s", "world_model/version", "world_model/data_age_steps", "model/holdout_mse"},
+    "agent": {"time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version"},
+}
+
+
+def start_cli(*args: str, store: Path) -> subprocess.Popen:
+    """The CLI in its own process group, as a terminal runs it, so that every process it starts can be found."""
+    command = [sys.executable, "cli.py", *args, *store_args(store)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of the group is still running (zombies excluded)."""
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    time.sleep(0.5)  # the children's own exit, after the parent's
+    assert not group_alive(process.pid), f"processes of the run are still alive:\n{output[-2000:]}"
+    return output
+
+
+def metric_values(store: Path, run, key: str) -> list[float]:
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    return [m.value for m in client.get_metric_history(run.info.run_id, key)]
+
+
+def last_checkpoint(store: Path, run) -> Path:
+    return store / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt"
+
+
+def test_concurrent_fit_runs_three_roles_into_one_mlflow_run(store: Path) -> None:
+    process = start_cli(*ASYNC, store=store)
+    output = finish(process)
+    assert process.returncode == 0, output[-3000:]
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    for role, metrics in ROLE_METRICS.items():
+        assert metrics <= set(run.data.metrics), f"{role}: missing {metrics - set(run.data.metrics)}"
+    # Weights flow: the collector acts with newer and newer policies, the agent imagines with newer models.
+    assert max(metric_values(store, run, "collector/policy_version")) > 1
+    assert max(metric_values(store, run, "agent/world_model_version")) >= 2
+    assert run.data.metrics["env_steps"] >= 400
+    assert last_checkpoint(store, run).is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_role_with_a_final_checkpoint_that_resumes(store: Path) -> None:
+    process = start_cli(*ASYNC, "--trainer.max_epochs", "50", store=store)
+    for line in process.stdout:  # the first evaluation: every role is running
+        if line.startswith("epoch 0:"):
+            break
+    interrupted_at = time.time()
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl+C in a terminal reaches the whole group
+    output = finish(process, timeout=60)
+    assert time.time() - interrupted_at < 30, "stopping took too long"
+    assert process.returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
+    run = only_run(store)
+    checkpoint = last_checkpoint(store, run)
+    assert checkpoint.stat().st_mtime >= interrupted_at
+    steps = torch.load(checkpoint, weights_only=False)["global_step"]
+    assert steps >= 100  # at least the first epoch
+
+    resumed = start_cli(*ASYNC, "--trainer.max_epochs", "3", "--ckpt_path", str(checkpoint), store=store)
+    output = finish(resumed)
+    assert resumed.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_failed_role_stops_the_run_with_its_error_and_a_checkpoint(store: Path) -> None:
+    process = start_cli(*ASYNC, "--model_training", "faulty_roles.FailingWorldModelTrainingProcess", store=store)
+    output = finish(process, timeout=300)
+    assert process.returncode != 0
+    assert "the world_model role failed" in output and "RuntimeError: injected world-model failure" in output, output[-3000:]
+    assert last_checkpoint(store, only_run(store)).is_file()
