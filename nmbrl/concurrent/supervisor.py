@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import time
 import traceback
 from multiprocessing import parent_process
 from typing import Any, Protocol
@@ -99,6 +100,7 @@ class RoleProcess:
         if self.process.pid is None or self.stop_event.is_set():
             return None
         self.stop_event.set()
+        deadline = time.monotonic() + self.stop_timeout_s
         result = None
         if self.process.is_alive():
             # Take the result before joining: a process with queued data waits for it to be read.
@@ -106,7 +108,9 @@ class RoleProcess:
                 result = self.results.get(timeout=self.stop_timeout_s)
             except queue.Empty:
                 rank_zero_warn(f"The {self.name} role did not stop within {self.stop_timeout_s} s; terminating it.")
-        self.process.join(timeout=2.0)
+            else:  # it has returned and is exiting, which takes a few seconds on a loaded machine
+                self.process.join(timeout=max(deadline - time.monotonic(), 5.0))
+        self.process.join(timeout=1.0)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout=2.0)
