@@ -4,5 +4,6 @@ from callbacks.env_steps import EnvStepMonitor
 from callbacks.evaluation import Evaluation
 from callbacks.model_training import WorldModelTraining
 from callbacks.rollouts import BranchedRollouts
+from callbacks.run_lifecycle import RunLifecycle
 
-__all__ = ["BranchedRollouts", "EnvStepMonitor", "Evaluation", "WorldModelTraining"]
+__all__ = ["BranchedRollouts", "EnvStepMonitor", "Evaluation", "RunLifecycle", "WorldModelTraining"]

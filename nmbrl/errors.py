@@ -1,4 +1,4 @@
-"""The one exception type for bad user input."""
+"""Exception types: bad user input, and training that cannot go on."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,7 @@ class ConfigError(ValueError):
     Raised while the config is instantiated, before any environment is built, and turned into a
     one-line message and a non-zero exit by ``cli.py``.
     """
+
+
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on: losses stayed NaN, infinite or exploding (see ``nmbrl.agent.divergence``)."""
