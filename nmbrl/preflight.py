@@ -14,11 +14,17 @@ DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
 
 
 def check_writable_folder(folder: str | Path, what: str, flag: str) -> None:
-    """ConfigError unless ``folder`` exists or can be created, and a file can be written in it."""
-    folder = Path(folder)
+    """ConfigError unless files can be written in ``folder``, or it can be created.
+
+    Probes the folder, or its nearest existing parent, with a temporary file; creates nothing.
+    """
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise ConfigError(

@@ -10,9 +10,9 @@ from nmbrl.errors import ConfigError
 from nmbrl.preflight import check_tracking_uri, check_writable_folder
 
 
-def test_writable_folder_is_created(tmp_path: Path) -> None:
+def test_a_folder_that_can_be_created_passes_and_is_not_created(tmp_path: Path) -> None:
     check_writable_folder(tmp_path / "a" / "b", "run folder root", "--flag")
-    assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "a").exists()
 
 
 def test_folder_under_a_file_is_refused(tmp_path: Path) -> None:
@@ -23,7 +23,9 @@ def test_folder_under_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_tracking_uris(tmp_path: Path) -> None:
     check_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    assert (tmp_path / "store").is_dir()
+    with pytest.raises(ConfigError, match="cannot write to the MLflow store folder"):
+        (tmp_path / "file").write_text("x")
+        check_tracking_uri(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
     check_tracking_uri("databricks")  # other schemes are left to MLflow
     with pytest.raises(ConfigError, match="no longer reads folder"):
         check_tracking_uri("./mlruns")
