@@ -22,9 +22,9 @@ from callbacks.model_training import WorldModelTraining
 from nmbrl.concurrent.collector_role import CollectorRole
 from nmbrl.concurrent.pacing import Pacing, RemoteCollection
 from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights
-from nmbrl.concurrent.supervisor import RoleFailed, RoleProcess
+from nmbrl.concurrent.supervisor import RoleProcess
 from nmbrl.concurrent.world_model_role import WorldModelRole, published_world_model
-from nmbrl.errors import ConfigError
+from nmbrl.errors import ConfigError, RoleFailed
 from nmbrl.tracking import RoleLogger, log_now, mlflow_run_of
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -84,7 +84,7 @@ class CollectorProcess(Callback):
         data = trainer.datamodule
         return CollectorRole(
             env_name=data.env_name,
-            seed=data.seed,
+            seed=data.seed + data.env_steps,  # as RLDataModule reseeds on resume: a fresh episode
             actor=copy.deepcopy(pl_module.policy).cpu(),
             policy=self.policy,
             buffer=shared.buffer,

@@ -1,55 +1,132 @@
-"""Evaluation: deterministic-policy episodes on a separate environment every few epochs."""
+"""Evaluation: deterministic-policy episodes during ``fit``, and the report of ``cli.py test``."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+from typing import Literal
+
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchrl.envs import EnvBase
+from lightning.pytorch.loggers import MLFlowLogger
 
 from nmbrl.envs import make_env
 from nmbrl.errors import ConfigError
-from nmbrl.evaluation import evaluate_policy
-from nmbrl.tracking import log_now
-
-EVAL_SEED_OFFSET = 10_000
+from nmbrl.evaluation import evaluate_policy, run_episode
+from nmbrl.plots import plot_eval_returns
+from nmbrl.tracking import log_now, run_dir
+from nmbrl.video import write_video
 
 
 class Evaluation(Callback):
-    """Runs ``episodes`` episodes with the mean action every ``every_n_epochs`` epochs, on rank 0.
+    """Evaluates the deterministic policy on a separately seeded environment, on rank 0.
 
-    Logs ``eval/return_mean`` and ``eval/return_std`` and keeps ``history``: (env steps, mean return).
+    During ``fit``: ``episodes`` episodes every ``every_n_epochs`` epochs, logged as
+    ``eval/return_mean`` and ``eval/return_std`` and kept in ``history`` (env steps, mean return);
+    at the end, the curve is saved as ``eval_returns.png`` in the run folder and in MLflow.
+
+    After ``cli.py test`` (whose episodes the agent runs, see ``SACAgent.test_step``): prints a
+    table of the returns, writes it as ``test_returns.csv``, and records one more episode as a
+    video, both into the run folder (``test/``) and the run's MLflow artifacts.
 
     Args:
         every_n_epochs: Epochs between evaluations.
         episodes: Episodes per evaluation.
         max_episode_steps: Cap on the length of one evaluation episode.
+        video: Format of the test video, or "none" for no video.
+        video_size: Width and height of the video frames, in pixels.
+        video_fps: Frames per second of the video.
     """
 
-    def __init__(self, every_n_epochs: int = 1, episodes: int = 5, max_episode_steps: int = 1000) -> None:
-        for name, value in (("every_n_epochs", every_n_epochs), ("episodes", episodes), ("max_episode_steps", max_episode_steps)):
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        episodes: int = 5,
+        max_episode_steps: int = 1000,
+        video: Literal["mp4", "gif", "none"] = "mp4",
+        video_size: int = 256,
+        video_fps: int = 30,
+    ) -> None:
+        checked = (("every_n_epochs", every_n_epochs), ("episodes", episodes), ("max_episode_steps", max_episode_steps))
+        for name, value in (*checked, ("video_size", video_size), ("video_fps", video_fps)):
             if value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1.")
         self.every_n_epochs = every_n_epochs
         self.episodes = episodes
         self.max_episode_steps = max_episode_steps
-        self.env: EnvBase | None = None
+        self.video = video
+        self.video_size = video_size
+        self.video_fps = video_fps
         self.history: list[tuple[int, float]] = []
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.env is None and trainer.is_global_zero:
-            data = trainer.datamodule
-            self.env = make_env(data.env_name, seed=data.seed + EVAL_SEED_OFFSET)
+    # --- during fit ---------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
-        returns = evaluate_policy(self.env, pl_module.policy, self.episodes, self.max_episode_steps)
+        data = trainer.datamodule
+        returns = evaluate_policy(data.eval_env, pl_module.policy, self.episodes, self.max_episode_steps)
         mean, std = float(returns.mean()), float(returns.std(unbiased=False))
-        self.history.append((trainer.datamodule.env_steps, mean))
+        self.history.append((data.env_steps, mean))
         log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std})
-        pl_module.print(f"epoch {trainer.current_epoch}: env steps {trainer.datamodule.env_steps}, eval return {mean:.1f} ± {std:.1f}")
+        pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = trainer.logger
+        if trainer.is_global_zero and self.history and isinstance(logger, MLFlowLogger):
+            path = plot_eval_returns(logger.experiment, logger.run_id, run_dir(trainer) / "eval_returns.png")
+            logger.experiment.log_artifact(logger.run_id, str(path))
+
+    # --- after cli.py test --------------------------------------------------------------------
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        results = pl_module.test_results
+        folder = run_dir(trainer) / "test"
+        pl_module.print(returns_table(results))
+        files = [write_returns_csv(results, folder / "test_returns.csv")]
+        if self.video != "none":
+            files.append(self.record_video(trainer, pl_module, folder))
+            pl_module.print(f"video: {files[-1]}")
+        logger = trainer.logger
+        if isinstance(logger, MLFlowLogger):
+            for path in files:
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="test")
+
+    def record_video(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> Path:
+        """One deterministic episode on a rendering copy of the evaluation environment."""
+        data = trainer.datamodule
+        env = make_env(data.env_name, seed=data.eval_seed, render_size=self.video_size)
+        try:
+            episode = run_episode(env, pl_module.policy, self.max_episode_steps)
+        finally:
+            env.close()
+        ret = float(episode["next", "reward"].sum())
+        name = f"episode-{data.env_steps}steps-return{ret:.0f}.{self.video}"
+        return write_video(episode["pixels"], folder / name, fps=self.video_fps)
 
     def state_dict(self) -> dict:
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [tuple(h) for h in state_dict["history"]]
+
+
+def returns_table(results: list[tuple[float, int]]) -> str:
+    """A plain-text table: one row per episode, then mean and standard deviation."""
+    returns = [r for r, _ in results]
+    mean = sum(returns) / len(returns)
+    std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
+    lines = ["| episode | return | steps |", "| --- | --- | --- |"]
+    lines += [f"| {i} | {r:.2f} | {n} |" for i, (r, n) in enumerate(results)]
+    lines.append(f"| mean ± std | {mean:.2f} ± {std:.2f} | |")
+    return "\n".join(lines)
+
+
+def write_returns_csv(results: list[tuple[float, int]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["episode", "return", "steps"])
+        writer.writerows((i, r, n) for i, (r, n) in enumerate(results))
+    return path

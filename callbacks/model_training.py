@@ -11,6 +11,7 @@ from tensordict import TensorDictBase
 
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
+from nmbrl.interrupt import stop_requested
 from nmbrl.tracking import log_now
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -63,7 +64,7 @@ class WorldModelTraining(Callback):
 def train_world_model(strategy: Strategy, world_model: EnsembleWorldModel, real: TensorDictBase) -> dict[str, float]:
     """Fit the ensemble to the real transitions of all ranks; every rank ends with rank 0's model."""
     real = gather_transitions(strategy, real.to(world_model.device))
-    metrics = world_model.fit_transitions(real) if strategy.is_global_zero else {}
+    metrics = world_model.fit_transitions(real, should_stop=stop_requested) if strategy.is_global_zero else {}
     if strategy.world_size > 1:
         state = strategy.broadcast(world_model.state_dict() if strategy.is_global_zero else None, src=0)
         world_model.load_state_dict(state)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
-
 from typing import Any
+
+from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks import BranchedRollouts, CollectorProcess, Evaluation, WorldModelTraining
+from callbacks import BranchedRollouts, CollectorProcess, Evaluation, RunLifecycle, WorldModelTraining
 
 from nmbrl.agent import SACAgent
+from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
 from nmbrl.data import RLDataModule
-from nmbrl.errors import ConfigError
+from nmbrl.envs import env_specs, make_env
+from nmbrl.errors import ConfigError, TrainingDiverged
+from nmbrl.preflight import check_tracking_uri, check_writable_folder
 from nmbrl.tracking import SaveConfigToRun
 
 OPTIONAL_CALLBACKS = {
@@ -29,6 +37,12 @@ class NMBRLCLI(LightningCLI):
 
     The MBPO callbacks are top-level config groups, so each setting has a command-line flag
     (``--rollouts.batch_size 1000``); a group left out (as in ``sac.yaml``) is not used.
+
+    Before anything is built, the run folder and the MLflow store are checked, and a
+    ``--ckpt_path`` (a file, or ``last``: the newest ``last.ckpt`` of the config's experiment) is
+    read: the run continues in the checkpoint's MLflow run and run folder, and a checkpoint of an
+    environment with other observation or action sizes is refused. Every run gets
+    ``RunLifecycle`` (RNG states, Ctrl+C) and atomic checkpoint writes.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
@@ -46,15 +60,93 @@ class NMBRLCLI(LightningCLI):
         for key, callback in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
 
+    def _parse_ckpt_path(self) -> None:
+        # Runs right after parsing, before Lightning loads ``ckpt_path`` for its hyperparameters:
+        # the place to check where the run writes and which checkpoint it continues.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_run_targets(self.config[subcommand])
+        super()._parse_ckpt_path()
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Optional callback groups left out of the config come as None.
-        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        callbacks = [c for c in callbacks if c is not None] + [RunLifecycle()]
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def check_run_targets(config: Namespace) -> None:
+    """Check the run folder root and the MLflow store, and resolve and check ``ckpt_path``."""
+    check_writable_folder(config.trainer.default_root_dir or ".", "run folder root", "--trainer.default_root_dir")
+    logger = mlflow_logger_args(config.trainer.logger)
+    if logger is not None:
+        check_tracking_uri(logger.tracking_uri)
+    if config.get("ckpt_path"):
+        continue_from_checkpoint(config, logger)
+
+
+def mlflow_logger_args(logger: Any) -> Namespace | None:
+    """The init args of the configured logger if it is an MLFlowLogger (the usual case), else None."""
+    if not isinstance(logger, Namespace) or "class_path" not in logger:
+        return None
+    module, _, name = logger.class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return logger.init_args if issubclass(cls, MLFlowLogger) else None
+
+
+def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> None:
+    """Resolve and check ``ckpt_path``; point the logger at the checkpoint's MLflow run."""
+    path = config.ckpt_path
+    if path == "last":
+        path = find_last_checkpoint(config.trainer.default_root_dir or ".", experiment_id(logger))
+    info = read_checkpoint_info(path)
+    env = make_env(config.data.env, seed=0)
+    specs = env_specs(env)
+    env.close()
+    check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim)
+    config.ckpt_path = str(info.path)
+    if logger is not None and info.run_id is not None:
+        if info.tracking_uri is not None and info.tracking_uri != logger.tracking_uri:
+            raise ConfigError(
+                f"ckpt_path={str(info.path)!r} belongs to MLflow run {info.run_id} in {info.tracking_uri}, but the config "
+                f"logs to {logger.tracking_uri}. Pass --trainer.logger.init_args.tracking_uri {info.tracking_uri}."
+            )
+        logger.run_id = info.run_id
+
+
+def experiment_id(logger: Namespace | None) -> str | None:
+    """The MLflow id of the configured experiment (run folders are named after it), if it exists."""
+    if logger is None:
+        return None
+    experiment = MlflowClient(logger.tracking_uri).get_experiment_by_name(logger.experiment_name)
+    if experiment is None:
+        raise ConfigError(
+            f"ckpt_path='last': the experiment {logger.experiment_name!r} has no runs in {logger.tracking_uri}, so there "
+            "is nothing to resume. Train first, or pass the path of a checkpoint file."
+        )
+    return experiment.experiment_id
 
 
 def run(args: list[str] | None = None) -> NMBRLCLI:
-    """Run the CLI; bad settings end with one line on stderr and exit status 2."""
+    """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3."""
     try:
         return NMBRLCLI(args=args)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except RuntimeError as error:
+        if not str(error).startswith("Error(s) in loading state_dict"):
+            raise
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        print(
+            f"error: the checkpoint does not fit the networks this config builds ({detail} ...). Use the config the "
+            "checkpoint was trained with: config.yaml in its run folder (runs/<experiment id>/<run id>/).",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     except Exception as error:
         config_error = find_config_error(error)
         if config_error is None:

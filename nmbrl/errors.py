@@ -1,4 +1,4 @@
-"""The one exception type for bad user input."""
+"""Exception types: bad user input, and training that cannot go on."""
 
 
 class ConfigError(ValueError):
@@ -6,4 +6,16 @@ class ConfigError(ValueError):
 
     Raised while the config is instantiated, before any environment is built, and turned into a
     one-line message and a non-zero exit by ``cli.py``.
+    """
+
+
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on: losses stayed NaN, infinite or exploding (see ``nmbrl.agent.divergence``)."""
+
+
+class RoleFailed(RuntimeError):
+    """A concurrent-mode role process ended with an error, or ended when it should still be running.
+
+    The message holds the role's own traceback. Raised in the main process at a safe point
+    (between agent updates), so its state is whole and worth a final checkpoint.
     """

@@ -26,7 +26,11 @@ class EnvStepMLFlowLogger(MLFlowLogger):
         tracking_uri: Where runs are stored, e.g. ``sqlite:///runs/mlflow.db`` or ``http://host:5000``.
         artifact_location: Where new experiments keep artifacts (default: ``mlartifacts`` beside an sqlite file).
         tags: Tags of the run.
-        run_id: Continue this existing run instead of starting a new one.
+        run_id: Continue this existing run instead of starting a new one (``--ckpt_path`` sets it
+            to the checkpoint's run, so a resumed run logs into the same MLflow run).
+
+    A continued run is marked running again. A run stopped by Ctrl+C ends with MLflow status
+    ``KILLED`` (set through ``end_status``), a crashed one ``FAILED``, a completed one ``FINISHED``.
     """
 
     def __init__(
@@ -50,13 +54,31 @@ class EnvStepMLFlowLogger(MLFlowLogger):
             run_id=run_id,
         )
         self._env_steps = 0
+        self.end_status: str | None = None
+        self.continued_from_status: str | None = None
+        self.keep_status = False
 
     @property
     def experiment(self):
+        if self._initialized:
+            return self._mlflow_client
         sqlite_file = sqlite_path(self._tracking_uri)
         if sqlite_file is not None:
             sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        return super().experiment
+        continued = self._run_id is not None
+        client = super().experiment
+        if continued:
+            self.continued_from_status = client.get_run(self._run_id).info.status
+            client.update_run(self._run_id, status="RUNNING")
+        return client
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self.keep_status and self.continued_from_status is not None:
+            status = self.continued_from_status  # testing a run does not change how its training ended
+        elif status == "failed" and self.end_status is not None:
+            status = self.end_status
+        super().finalize(status)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -100,9 +122,18 @@ class SaveConfigToRun(SaveConfigCallback):
         super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return  # `test` reuses the run's folder and MLflow run; its config is the training one
         folder = run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.config_filename
+        if path.exists():
+            # A resumed run: keep the original, add this one beside it (MLflow parameters cannot change).
+            path = folder / f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+            if isinstance(trainer.logger, MLFlowLogger):
+                trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path))
+            return
         self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
         logger = trainer.logger
         if isinstance(logger, MLFlowLogger):

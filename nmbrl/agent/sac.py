@@ -5,13 +5,21 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDictBase
 from torchrl.modules import ProbabilisticActor
 from torchrl.objectives import SACLoss, SoftUpdate
 
+from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.envs import EnvSpecs
+from nmbrl.errors import ConfigError
+from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now
+
+LOSS_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha")
+# Test episodes end with the environment's own time limit (1000 steps for the supported tasks); this only stops a runaway.
+TEST_EPISODE_STEP_CAP = 100_000
 
 
 class SACAgent(LightningModule):
@@ -27,6 +35,13 @@ class SACAgent(LightningModule):
         target_entropy: Entropy that alpha is tuned towards; "auto" means minus the action size.
         init_alpha: Initial entropy temperature.
         optimizer: Optimizer over actor, critics and alpha (default: Adam with lr 3e-4).
+        max_loss_ratio: A critic loss above this multiple of its running average counts as exploding.
+        divergence_patience: Rejected updates in a row (NaN, inf or exploding losses) after which
+            training stops with a checkpoint of the last good weights.
+
+    An update whose losses are NaN, infinite or exploding is not stepped on: it is skipped, the
+    last good weights come back (see ``nmbrl.agent.divergence``), ``train/rejected_updates``
+    counts it and a warning says why.
     """
 
     def __init__(
@@ -37,12 +52,20 @@ class SACAgent(LightningModule):
         target_entropy: float | str = "auto",
         init_alpha: float = 1.0,
         optimizer: OptimizerCallable | None = None,
+        max_loss_ratio: float = 1e4,
+        divergence_patience: int = 10,
     ) -> None:
         super().__init__()
+        if max_loss_ratio <= 1:
+            raise ConfigError(f"max_loss_ratio={max_loss_ratio} must be above 1: it is how many times its running average a loss may reach.")
+        if divergence_patience < 1:
+            raise ConfigError(f"divergence_patience={divergence_patience} must be at least 1.")
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.loss_module: SACLoss | None = None
+        self.guard: DivergenceGuard | None = None
+        self.test_results: list[tuple[float, int]] = []
 
     def build(self, specs: EnvSpecs) -> None:
         """Create actor, critics, loss and target updater for an environment."""
@@ -59,8 +82,8 @@ class SACAgent(LightningModule):
             target_entropy=hp.target_entropy,
         )
         self.loss_module.make_value_estimator(gamma=hp.gamma)
-        # SACLoss registers its target-entropy buffer on first use; make it now, so that a fresh
-        # agent has the keys of a trained one's checkpoint (otherwise resuming fails on them).
+        # SACLoss registers its target-entropy buffer on first use; do it now so that a fresh
+        # agent has the same state_dict keys as a checkpointed one.
         self.loss_module.target_entropy
         self.target_update = SoftUpdate(self.loss_module, tau=hp.tau)
 
@@ -79,23 +102,60 @@ class SACAgent(LightningModule):
             return torch.optim.Adam(params, lr=3e-4)
         return self.optimizer_factory(params)
 
+    def on_train_start(self) -> None:
+        # After any checkpoint is restored, so the first snapshot holds the resumed weights.
+        self.guard = DivergenceGuard(
+            self.loss_module,
+            self.optimizers().optimizer,
+            explosion_keys=("loss_qvalue",),
+            max_loss_ratio=self.hparams.max_loss_ratio,
+            patience=self.hparams.divergence_patience,
+        )
+
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         losses = self.loss_module(batch)
+        checked = self.guard.values({key: losses[key] for key in LOSS_KEYS})
+        problem = self.guard.problem(checked)
+        if problem is not None:
+            self.reject_update(problem)
+            return
         loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
         self.target_update.step()
+        self.guard.accept(checked)
         if self.global_step % self.trainer.log_every_n_steps == 0:
             # Logged directly: LightningModule.log costs ~1.5 ms a call, as much as a tenth of an update.
             log_now(
                 self.trainer,
                 {
-                    "train/critic_loss": losses["loss_qvalue"].item(),
-                    "train/actor_loss": losses["loss_actor"].item(),
-                    "train/alpha_loss": losses["loss_alpha"].item(),
+                    "train/critic_loss": checked["loss_qvalue"],
+                    "train/actor_loss": checked["loss_actor"],
+                    "train/alpha_loss": checked["loss_alpha"],
                     "train/alpha": losses["alpha"].item(),
                     "train/entropy": losses["entropy"].item(),
                 },
             )
+
+    def reject_update(self, problem: str) -> None:
+        """Skip this update and restore the last good weights (or stop, see ``DivergenceGuard``)."""
+        rank_zero_warn(
+            f"rejected update {self.guard.bad_updates + 1} (after {self.global_step} good ones): {problem}; "
+            f"skipped it and restored the weights of good update {self.guard.snapshot['good_updates']}."
+        )
+        log_now(self.trainer, {"train/rejected_updates": float(self.guard.bad_updates + 1)})
+        self.guard.reject(problem)
+
+    # --- cli.py test ----------------------------------------------------------------------------
+
+    def on_test_epoch_start(self) -> None:
+        self.test_results = []
+
+    def test_step(self, batch: int, batch_idx: int) -> None:
+        """One evaluation episode with the deterministic policy, until the environment ends it."""
+        episode = run_episode(self.trainer.datamodule.eval_env, self.policy, max_steps=TEST_EPISODE_STEP_CAP)
+        episode_return = float(episode["next", "reward"].sum())
+        self.test_results.append((episode_return, episode.shape[0]))
+        self.log("test/return_mean", episode_return, on_epoch=True, batch_size=1)

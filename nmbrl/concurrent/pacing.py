@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from tensordict import TensorDictBase
 
+from nmbrl.interrupt import interrupt
+
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import Synchronized
 
@@ -66,6 +68,7 @@ class RemoteCollection:
         start = time.perf_counter()
         while (env_steps := self.env_steps.value) < needed:
             self.check_collector()
+            interrupt.raise_if_requested()  # waiting is a safe point to stop at
             time.sleep(POLL_S)
         self.waited_s += time.perf_counter() - start
         return env_steps
@@ -75,7 +78,8 @@ class PacedStream:
     """The training "dataloader" of concurrent mode: ``epoch_length * updates_per_step`` mixed batches.
 
     Like ``TrainingStream``, but the env steps come from the collector process; each batch waits
-    until pacing allows its update, and refreshes the data module's ``env_steps``.
+    until pacing allows its update, and refreshes the data module's ``env_steps``. An epoch ends
+    after ``(current_epoch + 1) * len(self)`` agent updates in all.
     """
 
     def __init__(self, data: RLDataModule, collection: RemoteCollection) -> None:
@@ -86,9 +90,8 @@ class PacedStream:
         return self.data.epoch_length * self.data.updates_per_step
 
     def __iter__(self) -> Iterator[TensorDictBase]:
-        data, collection = self.data, self.collection
-        first_update = data.trainer.global_step
-        for i in range(len(self)):
-            needed = collection.pacing.env_steps_needed(first_update + i)
-            data.env_steps = collection.wait_for_env_steps(needed)
+        data, collection, trainer = self.data, self.collection, self.data.trainer
+        # Up to the end of the current epoch, so that an epoch resumed midway takes only the updates it has left.
+        for update in range(trainer.global_step, (trainer.current_epoch + 1) * len(self)):
+            data.env_steps = collection.wait_for_env_steps(collection.pacing.env_steps_needed(update))
             yield data.sample_batch()

@@ -13,10 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
-
-
-class RoleFailed(RuntimeError):
-    """A role process ended with an error, or ended when it should still be running."""
+from nmbrl.errors import RoleFailed
 
 
 class Role(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
@@ -17,6 +18,9 @@ from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch, 
 from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
 from nmbrl.errors import ConfigError
+
+# Evaluation episodes run on an environment seeded this far from the training seed.
+EVAL_SEED_OFFSET = 10_000
 
 
 class RLDataModule(LightningDataModule):
@@ -37,6 +41,11 @@ class RLDataModule(LightningDataModule):
         real_ratio: Fraction of each batch drawn from real data, sample by sample; the rest is imagined.
         model_buffer_dir: Keep the model buffer in memory-mapped files under this folder instead of
             in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions).
+        test_episodes: Episodes run by ``cli.py test`` with the deterministic policy.
+
+    Checkpoints hold both buffers (contents and write positions) and the env-step count, so a
+    resumed run continues with its buffers as full as they were. The real environment itself
+    starts a new episode on resume, reseeded from the seed and the env-step count.
     """
 
     def __init__(
@@ -50,12 +59,19 @@ class RLDataModule(LightningDataModule):
         batch_size: int = 256,
         real_ratio: float = 0.05,
         model_buffer_dir: str | None = None,
+        test_episodes: int = 10,
     ) -> None:
         super().__init__()
         check_env_name(env)
         if not 0.0 <= real_ratio <= 1.0:
             raise ConfigError(f"real_ratio={real_ratio} must lie in [0, 1]: it is the fraction of each batch drawn from real data.")
-        sizes = {"buffer_size": buffer_size, "epoch_length": epoch_length, "batch_size": batch_size, "updates_per_step": updates_per_step}
+        sizes = {
+            "buffer_size": buffer_size,
+            "epoch_length": epoch_length,
+            "batch_size": batch_size,
+            "updates_per_step": updates_per_step,
+            "test_episodes": test_episodes,
+        }
         for name, value in sizes.items():
             if value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1.")
@@ -70,11 +86,13 @@ class RLDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.real_ratio = real_ratio
         self.model_buffer_dir = model_buffer_dir
+        self.test_episodes = test_episodes
         self.env: EnvBase | None = None
         self.real_buffer: ReplayBuffer | None = None
         self.model_buffer: ReplayBuffer | None = None
         self.model_buffer_capacity = 0
         self.env_steps = 0
+        self._eval_env: EnvBase | None = None
         self._collector = None
         self._collector_iter: Iterator | None = None
         self._episodes: KeepTransitions | None = None
@@ -88,6 +106,17 @@ class RLDataModule(LightningDataModule):
     @property
     def specs(self) -> EnvSpecs:
         return env_specs(self.env)
+
+    @property
+    def eval_seed(self) -> int:
+        return self.seed + EVAL_SEED_OFFSET
+
+    @property
+    def eval_env(self) -> EnvBase:
+        """A separately seeded copy of the environment for evaluation episodes, built on first use."""
+        if self._eval_env is None:
+            self._eval_env = make_env(self.env_name, seed=self.eval_seed)
+        return self._eval_env
 
     def setup(self, stage: str) -> None:
         if self.env is None:
@@ -104,6 +133,28 @@ class RLDataModule(LightningDataModule):
             return PacedStream(self, self.remote_collection)
         return TrainingStream(self)
 
+    def test_dataloader(self) -> range:
+        """``cli.py test`` runs one evaluation episode per item (see ``SACAgent.test_step``)."""
+        return range(self.test_episodes)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"env_steps": self.env_steps, "real_buffer": self.real_buffer.state_dict()}
+        if self.model_buffer is not None:
+            state["model_buffer"] = self.model_buffer.state_dict()
+            state["model_buffer_capacity"] = self.model_buffer_capacity
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.env_steps = state_dict["env_steps"]
+        self.real_buffer.load_state_dict(state_dict["real_buffer"])
+        if "model_buffer" in state_dict:
+            self.resize_model_buffer(state_dict["model_buffer_capacity"])
+            self.model_buffer.load_state_dict(state_dict["model_buffer"])
+        # A fresh episode on resume; its seed depends on where the run stopped, not only on `seed`.
+        self.env.set_seed(self.seed + self.rank + self.env_steps)
+
     # --- real data ------------------------------------------------------------------------------
 
     def collect(self, steps: int) -> None:
@@ -117,6 +168,12 @@ class RLDataModule(LightningDataModule):
         for _ in range(steps):
             next(self._collector_iter)
         self.env_steps += steps
+
+    @property
+    def epoch_end(self) -> int:
+        """The env-step count at which the current training epoch ends."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self.random_steps + (epoch + 1) * self.epoch_length
 
     def explore(self) -> None:
         """The initial uniform-random exploration, once per run."""
@@ -162,7 +219,11 @@ class RLDataModule(LightningDataModule):
 
 
 class TrainingStream:
-    """The training "dataloader": one real step, then ``updates_per_step`` batches, for one epoch."""
+    """The training "dataloader": one real step, then ``updates_per_step`` batches, for one epoch.
+
+    The epoch runs until ``data.epoch_end`` env steps, so an epoch resumed from a mid-epoch
+    checkpoint (Ctrl+C) takes only its remaining steps.
+    """
 
     def __init__(self, data: RLDataModule) -> None:
         self.data = data
@@ -173,7 +234,7 @@ class TrainingStream:
     def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data
         data.explore()
-        for _ in range(data.epoch_length):
+        for _ in range(max(data.epoch_end - data.env_steps, 0)):
             data.collect(1)
             for _ in range(data.updates_per_step):
                 yield data.sample_batch()

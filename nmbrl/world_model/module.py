@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from nmbrl.envs import EnvSpecs
-from nmbrl.errors import ConfigError
+from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.world_model.ensemble import GaussianEnsemble
 from nmbrl.world_model.normalizer import Normalizer
 
@@ -124,8 +124,11 @@ class EnsembleWorldModel(LightningModule):
             metrics["model/termination_bce"] = bce.mean().detach()
         return loss, metrics
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int = 0) -> dict[str, Tensor]:
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int = 0) -> dict[str, Tensor] | None:
+        """One optimizer step; None, and no step, when the loss is NaN or infinite."""
         loss, metrics = self.loss(*batch)
+        if not torch.isfinite(loss):
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -140,11 +143,12 @@ class EnsembleWorldModel(LightningModule):
 
     # --- training on the real buffer ----------------------------------------------------------
 
-    def fit_transitions(self, transitions: TensorDictBase, should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
-        """Retrain on all real ``transitions`` until the holdout error stops improving.
+    def fit_transitions(self, transitions: TensorDictBase, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+        """Retrain on all real ``transitions`` until the holdout error stops improving (or ``should_stop()``).
 
-        Weights are kept between calls (warm start). ``should_stop`` is asked after each epoch and
-        ends training early, keeping the best weights so far (concurrent mode stops this way).
+        Weights are kept between calls (warm start); each member ends with its best holdout
+        weights. Batches with a NaN or infinite loss are skipped and counted in
+        ``model/skipped_batches``; if no batch of a retraining was usable, ``TrainingDiverged``.
         Returns the metrics of the last epoch.
         """
         inputs, targets, terminated = self.training_pairs(transitions)
@@ -156,11 +160,11 @@ class EnsembleWorldModel(LightningModule):
         bootstrap = train_idx[torch.randint(len(train_idx), (self.hparams.ensemble_size, len(train_idx)), device=x.device)]
         best = torch.full((self.hparams.ensemble_size,), 1e10, device=x.device)
         snapshot = self.member_state()
-        epochs = since_improvement = 0
-        while since_improvement < self.hparams.patience and epochs != self.hparams.max_epochs:
-            if epochs > 0 and should_stop is not None and should_stop():
-                break
-            train_metrics = self.train_epoch(x, y, terminated, bootstrap)
+        epochs = since_improvement = skipped = batches = 0
+        train_metrics: dict[str, Tensor] = {}  # stays empty if should_stop() before the first epoch
+        while since_improvement < self.hparams.patience and epochs != self.hparams.max_epochs and not should_stop():
+            train_metrics, epoch_skipped, epoch_batches = self.train_epoch(x, y, terminated, bootstrap)
+            skipped, batches = skipped + epoch_skipped, batches + epoch_batches
             holdout_mse = self.validation_step(holdout)
             improved = (best - holdout_mse) / best > self.hparams.min_improvement
             best = torch.where(improved, holdout_mse, best)
@@ -168,24 +172,38 @@ class EnsembleWorldModel(LightningModule):
             since_improvement = 0 if improved.any() else since_improvement + 1
             epochs += 1
         self.load_member_state(snapshot)
+        if batches and skipped == batches:
+            raise TrainingDiverged(
+                f"world model: every one of {batches} training batches had a NaN or infinite loss. "
+                "Check the environment's observations and rewards for NaN or huge values."
+            )
         self.elites.copy_(torch.argsort(best)[: self.hparams.num_elites])
         self.trained.fill_(True)
         return {
             **{k: float(v) for k, v in train_metrics.items()},
             "model/holdout_mse": float(best[self.elites].mean()),
             "model/epochs": float(epochs),
-            "model/gradient_steps": float(epochs * math.ceil(len(train_idx) / self.hparams.batch_size)),
+            "model/skipped_batches": float(skipped),
+            "model/gradient_steps": float(batches - skipped),
         }
 
-    def train_epoch(self, x: Tensor, y: Tensor, terminated: Tensor, bootstrap: Tensor) -> dict[str, Tensor]:
-        """One pass over each member's bootstrap sample, shuffled anew (the sample itself is fixed)."""
+    def train_epoch(self, x: Tensor, y: Tensor, terminated: Tensor, bootstrap: Tensor) -> tuple[dict[str, Tensor], int, int]:
+        """One pass over each member's bootstrap sample, shuffled anew (the sample itself is fixed).
+
+        Returns the last good batch's metrics, the number of skipped batches and of all batches.
+        """
         order = torch.argsort(torch.rand(bootstrap.shape, device=x.device), dim=1)
         shuffled = torch.gather(bootstrap, 1, order)
-        metrics = {}
+        metrics, skipped, batches = {}, 0, 0
         for start in range(0, shuffled.shape[1], self.hparams.batch_size):
             idx = shuffled[:, start : start + self.hparams.batch_size]
-            metrics = self.training_step((x[idx], y[idx], terminated[idx]))
-        return metrics
+            step_metrics = self.training_step((x[idx], y[idx], terminated[idx]))
+            batches += 1
+            if step_metrics is None:
+                skipped += 1
+            else:
+                metrics = step_metrics
+        return metrics, skipped, batches
 
     def holdout_split(self, n: int) -> tuple[Tensor, Tensor]:
         n_holdout = min(int(n * self.hparams.holdout_ratio), self.hparams.max_holdout)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nmbrl.concurrent.shared import CONTEXT
-from nmbrl.concurrent.supervisor import RoleFailed, RoleProcess, StopSignal
+from nmbrl.concurrent.supervisor import RoleProcess, StopSignal
+from nmbrl.errors import RoleFailed
 
 
 @dataclass

@@ -32,9 +32,15 @@ TINY_MBPO = [
 ]  # fmt: skip
 
 
-def run_cli(*args: str, store: Path, timeout: float = 600, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python cli.py <args>`` with runs and the MLflow database under ``store``."""
-    command = [sys.executable, "cli.py", *args, *store_args(store)]
+def run_cli(
+    *args: str,
+    store: Path,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``python cli.py <args>`` with runs and the MLflow database under ``store`` (``extra_args`` come last, so they win)."""
+    command = [sys.executable, "cli.py", *args, *store_args(store), *(extra_args or [])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 

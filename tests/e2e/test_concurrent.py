@@ -86,14 +86,19 @@ def test_ctrl_c_stops_every_role_with_a_final_checkpoint_that_resumes(store: Pat
     assert time.time() - interrupted_at < 30, "stopping took too long"
     assert process.returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
     run = only_run(store)
+    assert run.info.status == "KILLED"
     checkpoint = last_checkpoint(store, run)
     assert checkpoint.stat().st_mtime >= interrupted_at
-    steps = torch.load(checkpoint, weights_only=False)["global_step"]
-    assert steps >= 100  # at least the first epoch
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["global_step"] >= 100  # at least the first epoch
+    env_steps = saved["nmbrl"]["env_steps"]
 
-    resumed = start_cli(*ASYNC, "--trainer.max_epochs", "3", "--ckpt_path", str(checkpoint), store=store)
+    resumed = start_cli(*ASYNC, "--trainer.max_epochs", "3", "--ckpt_path", "last", store=store)
     output = finish(resumed)
     assert resumed.returncode == 0, output[-3000:]
+    run = only_run(store)  # the same MLflow run, continued
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["env_steps"] > env_steps
 
 
 @pytest.mark.slow
@@ -102,4 +107,6 @@ def test_a_failed_role_stops_the_run_with_its_error_and_a_checkpoint(store: Path
     output = finish(process, timeout=300)
     assert process.returncode != 0
     assert "the world_model role failed" in output and "RuntimeError: injected world-model failure" in output, output[-3000:]
-    assert last_checkpoint(store, only_run(store)).is_file()
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert last_checkpoint(store, run).is_file()

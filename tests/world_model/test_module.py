@@ -9,7 +9,7 @@ from torchrl.data import Bounded
 
 from nmbrl.envs import EnvSpecs
 from nmbrl.envs.termination import never_terminates
-from nmbrl.errors import ConfigError
+from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.world_model import EnsembleWorldModel, Normalizer
 
 OBS_DIM, ACTION_DIM = 3, 2
@@ -270,3 +270,25 @@ def test_normalizer_statistics_are_saved_with_the_state_dict():
 
     torch.testing.assert_close(restored.mean, torch.tensor([1.0, 3.0]))
     torch.testing.assert_close(restored.std, norm.std)
+
+
+# --- divergence and interruption ----------------------------------------------------------------
+
+
+def test_nan_in_the_data_stops_retraining_with_a_clear_error(system):
+    data = without_terminations(system.transitions(200, seed=3))
+    data["next", "reward"][5] = float("nan")
+    model = make_model(max_epochs=2)
+    model.build(SPECS, termination_rule=never_terminates)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite loss"):
+        model.fit_transitions(data)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_should_stop_ends_retraining_after_the_current_epoch(system):
+    data = without_terminations(system.transitions(200, seed=3))
+    model = make_model(max_epochs=40, patience=40)
+    model.build(SPECS, termination_rule=never_terminates)
+    calls = []
+    metrics = model.fit_transitions(data, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert metrics["model/epochs"] == 3.0 and model.trained

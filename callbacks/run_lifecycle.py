@@ -1,0 +1,110 @@
+"""Run lifecycle: what makes a checkpoint resumable exactly, and a clean stop on Ctrl+C or divergence.
+
+Added to every run by the CLI (it is not a config choice): without it a checkpoint would lack
+the RNG states and the MLflow run it belongs to.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from nmbrl.checkpoints import CHECKPOINT_KEY
+from nmbrl.errors import RoleFailed, TrainingDiverged
+from nmbrl.interrupt import interrupt
+from nmbrl.tracking import EnvStepMLFlowLogger, run_dir
+
+# The exceptions that end fit with a final checkpoint: each is raised at a safe point, between updates.
+STOPPED_BY = {KeyboardInterrupt: "Ctrl+C", TrainingDiverged: "divergence", RoleFailed: "a failed role"}
+
+
+class RunLifecycle(Callback):
+    """Saves RNG states and the run's identity in checkpoints; stops cleanly on Ctrl+C.
+
+    - Checkpoints get an ``"nmbrl"`` record (MLflow run id and tracking URI, environment, sizes,
+      env steps) that ``cli.py`` reads before resuming or testing, and the torch, numpy and
+      Python RNG states, restored on resume.
+    - ``test`` leaves the MLflow run's status as training left it.
+    - During ``fit`` the first Ctrl+C is deferred to the end of the current agent update (see
+      ``nmbrl.interrupt``); then, as after a divergence stop, a final checkpoint is written to
+      ``checkpoints/last.ckpt`` and the MLflow run ends as ``KILLED`` (``FAILED`` for divergence).
+      A failed concurrent-mode role (``RoleFailed``) gets the same final checkpoint; this callback
+      comes after the role callbacks, so they have stopped their processes by then.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            interrupt.install()
+        elif isinstance(trainer.logger, EnvStepMLFlowLogger):
+            trainer.logger.keep_status = True  # testing a checkpoint leaves its run's status alone
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            interrupt.uninstall()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        interrupt.raise_if_requested()
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        data, logger = trainer.datamodule, trainer.logger
+        specs = data.specs
+        checkpoint[CHECKPOINT_KEY] = {
+            "run_id": getattr(logger, "run_id", None),
+            "tracking_uri": getattr(logger, "_tracking_uri", None),
+            "env": data.env_name,
+            "observation_dim": specs.observation_dim,
+            "action_dim": specs.action_dim,
+            "env_steps": data.env_steps,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_rng_states(state_dict["rng"])
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        stopped_by = next((name for kind, name in STOPPED_BY.items() if isinstance(exception, kind)), None)
+        if stopped_by is None or trainer.state.fn != "fit":
+            return
+        path = final_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        rank_zero_warn(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
+        if isinstance(exception, KeyboardInterrupt) and hasattr(trainer.logger, "end_status"):
+            trainer.logger.end_status = "KILLED"
+
+
+def final_checkpoint_path(trainer: Trainer) -> Path:
+    """``last.ckpt`` where the run's checkpoints go, so ``--ckpt_path last`` finds it."""
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir(trainer) / "checkpoints"
+    return folder / "last.ckpt"
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states, as tensors and tuples (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,114 @@
+"""Checkpoint files: written atomically, found by ``--ckpt_path last``, checked before a run starts.
+
+Every NMBRL checkpoint carries a small ``"nmbrl"`` record (see ``callbacks.RunLifecycle``): the
+MLflow run it belongs to and the environment it was trained on. The CLI reads it before building
+anything, so a resumed or tested run logs into the same MLflow run and folder, and a checkpoint
+of another environment is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from nmbrl.errors import ConfigError
+
+CHECKPOINT_KEY = "nmbrl"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same folder, syncs it, then renames it.
+
+    A crash or ``kill -9`` mid-write leaves the previous checkpoint intact (Lightning's own save
+    goes through a temporary file in the system temp dir, whose final move is a copy when that
+    dir is on another filesystem, and is never synced).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the CLI needs to know about a checkpoint before it builds the run."""
+
+    path: Path
+    run_id: str | None
+    tracking_uri: str | None
+    env: str
+    observation_dim: int
+    action_dim: int
+    env_steps: int
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read the ``"nmbrl"`` record of a checkpoint; ConfigError if it is missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={str(path)!r}: no such checkpoint file. Pass `--ckpt_path last` to resume the latest run of "
+            "this config's experiment, or the path of a file in a run folder's checkpoints/ (runs/<experiment id>/<run id>/checkpoints/)."
+        )
+    try:
+        # mmap: tensors stay on disk, so reading the record of a multi-GB checkpoint is cheap.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} cannot be read as a checkpoint ({type(error).__name__}: {error}). "
+            f"The file is corrupt or truncated: pick another checkpoint from {path.parent}."
+        ) from None
+    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if record is None:
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not an NMBRL checkpoint (it has no {CHECKPOINT_KEY!r} record). "
+            "Pass a checkpoint written by `cli.py fit`."
+        )
+    return CheckpointInfo(path=path, **record)
+
+
+def find_last_checkpoint(root_dir: str | os.PathLike, experiment_id: str | None) -> Path:
+    """The newest ``last.ckpt`` among the run folders of an experiment, for ``--ckpt_path last``."""
+    pattern = f"{experiment_id}/*/checkpoints/last*.ckpt" if experiment_id is not None else "**/checkpoints/last*.ckpt"
+    candidates = [p for p in Path(root_dir).glob(pattern) if not p.name.startswith(".")]
+    if not candidates:
+        raise ConfigError(
+            f"ckpt_path='last': no checkpoint of this experiment under {root_dir} (looked for {pattern}). "
+            "Train first, or pass the path of a checkpoint file."
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def check_same_env(info: CheckpointInfo, env: str, observation_dim: int, action_dim: int) -> None:
+    """ConfigError if the checkpoint's networks do not fit the configured environment."""
+    if (info.observation_dim, info.action_dim) != (observation_dim, action_dim):
+        raise ConfigError(
+            f"ckpt_path={str(info.path)!r} was trained on {info.env!r} (observation size {info.observation_dim}, "
+            f"action size {info.action_dim}), but the config asks for {env!r} (observation size {observation_dim}, "
+            f"action size {action_dim}). Use the config the checkpoint was trained with (its run folder holds "
+            f"config.yaml), or set --data.env {info.env}."
+        )

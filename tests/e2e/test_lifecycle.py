@@ -1,0 +1,193 @@
+"""Run lifecycle through the real CLI: resume, test with a video, Ctrl+C, kill -9, divergence, determinism."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import imageio.v2 as imageio
+import mlflow
+import pytest
+import torch
+from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli
+from lifecycle_runner import buffer_length, checkpoints, load, send_and_wait, start_cli, wait_for
+
+PENDULUM = ["--config", "configs/mbpo.yaml", "--data.env", "InvertedPendulum-v5", *TINY, *TINY_MBPO]
+
+
+def client(store: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+
+
+def history(store: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client(store).get_metric_history(run_id, key)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished 2-epoch MBPO run on InvertedPendulum (400 env steps)."""
+    store = tmp_path_factory.mktemp("trained")
+    result = run_cli("fit", *PENDULUM, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return store
+
+
+def test_resume_continues_the_same_run_with_full_buffers(trained: Path) -> None:
+    run = only_run(trained)
+    before = load(checkpoints(trained)[0])
+    assert before["nmbrl"]["env_steps"] == 400 and before["nmbrl"]["run_id"] == run.info.run_id
+    assert buffer_length(before, "real_buffer") == 400 and buffer_length(before, "model_buffer") > 0
+
+    result = run_cli("fit", *PENDULUM, "--trainer.max_epochs", "3", "--ckpt_path", "last", store=trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = only_run(trained)  # still one run: the same one, finished again
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert [step for step, _ in history(trained, run.info.run_id, "eval/return_mean")] == [300, 400, 500]
+    after = load(checkpoints(trained)[0])
+    assert after["nmbrl"]["env_steps"] == 500
+    assert buffer_length(after, "real_buffer") == 500  # 400 restored + 100 new, none lost
+    assert after["global_step"] == before["global_step"] + 100
+
+
+def test_test_command_prints_returns_and_logs_a_video(trained: Path) -> None:
+    run = only_run(trained)
+    folder = trained / "runs" / run.info.experiment_id / run.info.run_id
+    result = run_cli(
+        "test", "--config", str(folder / "config.yaml"), "--ckpt_path", "last",
+        "--data.test_episodes", "3", "--evaluation.video", "gif", "--evaluation.video_size", "64",
+        store=trained,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| mean ± std |" in result.stdout
+    rows = (folder / "test" / "test_returns.csv").read_text().splitlines()
+    assert rows[0] == "episode,return,steps" and len(rows) == 4
+    videos = list((folder / "test").glob("*.gif"))
+    assert len(videos) == 1
+    frames = imageio.mimread(videos[0])
+    assert len(frames) > 1 and frames[0].shape[:2] == (64, 64)
+    artifacts = {a.path for a in client(trained).list_artifacts(run.info.run_id, "test")}
+    assert artifacts == {"test/test_returns.csv", f"test/{videos[0].name}"}
+    assert only_run(trained).info.status == "FINISHED"  # testing left the training status alone
+
+
+def test_fit_saves_the_eval_curve(trained: Path) -> None:
+    run = only_run(trained)
+    folder = trained / "runs" / run.info.experiment_id / run.info.run_id
+    assert (folder / "eval_returns.png").stat().st_size > 1000
+    assert "eval_returns.png" in {a.path for a in client(trained).list_artifacts(run.info.run_id)}
+
+
+def test_checkpoint_of_another_environment_is_refused(trained: Path) -> None:
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", *TINY, "--ckpt_path", str(checkpoints(trained)[0]), store=trained)
+    assert result.returncode == 2
+    assert "InvertedPendulum-v5" in result.stderr and "observation size 4" in result.stderr
+    assert "observation size 5" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> None:
+    log = store / "log.txt"
+    process = start_cli("fit", *PENDULUM, "--trainer.max_epochs", "100", store=store, log=log)
+    wait_for(lambda: "epoch 0:" in log.read_text(), timeout=300, process=process, log=log)
+    status, seconds = send_and_wait(process, signal.SIGINT)
+    assert status != 0, log.read_text()[-3000:]
+    assert "Stopped by Ctrl+C" in log.read_text()
+    checkpoint = load(checkpoints(store)[0])
+    assert checkpoint["nmbrl"]["env_steps"] >= 300  # past the first epoch, wherever it stopped
+    assert buffer_length(checkpoint, "real_buffer") == checkpoint["nmbrl"]["env_steps"]
+    assert only_run(store).info.status == "KILLED"
+    print(f"stopped {seconds:.1f} s after SIGINT")
+
+
+def test_kill_9_then_resume_continues_from_the_last_checkpoint(store: Path) -> None:
+    log = store / "log.txt"
+    process = start_cli("fit", *PENDULUM, "--trainer.max_epochs", "100", store=store, log=log)
+    wait_for(lambda: "epoch 1:" in log.read_text(), timeout=300, process=process, log=log)
+    send_and_wait(process, signal.SIGKILL)
+    run_id = only_run(store).info.run_id
+    saved = load(checkpoints(store)[0])["nmbrl"]["env_steps"]
+    assert saved >= 300
+
+    result = run_cli("fit", *PENDULUM, "--trainer.max_epochs", "4", "--ckpt_path", "last", store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run(store)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert load(checkpoints(store)[0])["nmbrl"]["env_steps"] == 600
+    assert history(store, run_id, "eval/return_mean")[-1][0] == 600
+    # The store and the run folder are intact: sqlite's own check, and no temporary checkpoint files left behind.
+    assert sqlite3.connect(store / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert not list(store.glob("runs/**/.*.tmp"))
+
+
+def test_nan_losses_are_rejected_and_training_recovers(store: Path) -> None:
+    result = run_cli(
+        "fit", *PENDULUM, "--trainer.callbacks+=nan_probe.PoisonRewards", "--trainer.callbacks.init_args.count=3",
+        store=store, extra_env={"PYTHONPATH": str(ROOT / "tests" / "e2e")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("skipped it and restored the weights") == 3
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and run.data.metrics["train/rejected_updates"] == 3
+    weights = load(checkpoints(store)[0])["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_persistent_nan_stops_with_a_message_and_a_usable_checkpoint(store: Path) -> None:
+    result = run_cli(
+        "fit", *PENDULUM, "--trainer.callbacks+=nan_probe.PoisonRewards", "--trainer.callbacks.init_args.count=-1",
+        "--model.divergence_patience", "5",
+        store=store, extra_env={"PYTHONPATH": str(ROOT / "tests" / "e2e")},
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "error: training diverged: 5 updates in a row were rejected" in result.stderr
+    assert only_run(store).info.status == "FAILED"
+    checkpoint = load(checkpoints(store)[0])
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values() if w.is_floating_point())
+
+
+def test_same_seed_gives_the_same_run(tmp_path: Path) -> None:
+    def curves(store: Path, *extra: str) -> tuple[list, list]:
+        result = run_cli("fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *extra, store=store)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run_id = only_run(store).info.run_id
+        return history(store, run_id, "eval/return_mean"), history(store, run_id, "train/critic_loss")
+
+    first, second = curves(tmp_path / "a"), curves(tmp_path / "b")
+    assert first == second and len(first[0]) == 2
+    assert curves(tmp_path / "c", "--seed_everything", "1") != first
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt_path", "missing.ckpt"], "no such checkpoint file"),
+        (["--ckpt_path", "last"], "nothing to resume"),
+        (["--trainer.logger.init_args.tracking_uri", "http://127.0.0.1:9"], "cannot reach the MLflow server"),
+        (["--trainer.logger.init_args.tracking_uri", "./mlruns"], "Use a database"),
+    ],
+)
+def test_bad_run_input_gets_one_clear_error(store: Path, args: list[str], message: str) -> None:
+    # Later flags win, so these replace the store's own settings.
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", store=store, extra_args=args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_gets_one_clear_error(store: Path) -> None:
+    broken = store / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", "--ckpt_path", str(broken), store=store)
+    assert result.returncode == 2
+    assert "corrupt or truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_folder_without_write_permission_gets_one_clear_error(store: Path) -> None:
+    locked = store / "locked"
+    locked.mkdir(mode=0o500)
+    # root ignores file modes; /sys refuses everyone.
+    root_dir = "/sys/nmbrl-runs" if os.geteuid() == 0 else str(locked / "runs")
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", store=store, extra_args=["--trainer.default_root_dir", root_dir])
+    assert result.returncode == 2
+    assert "cannot write to the run folder root" in result.stderr and "--trainer.default_root_dir" in result.stderr

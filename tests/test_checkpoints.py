@@ -1,0 +1,68 @@
+"""Checkpoint files: atomic writes, the NMBRL record, finding the last one, environment checks."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
+from nmbrl.errors import ConfigError
+
+RECORD = {"run_id": "abc", "tracking_uri": "sqlite:///x.db", "env": "Hopper-v5", "observation_dim": 11, "action_dim": 3, "env_steps": 7}
+
+
+def test_atomic_save_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"nmbrl": RECORD, "x": torch.ones(3)}, path)
+    io.save_checkpoint({"nmbrl": {**RECORD, "env_steps": 8}, "x": torch.zeros(3)}, path)
+    assert read_checkpoint_info(path).env_steps == 8
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"nmbrl": RECORD}, path)
+    with pytest.raises(Exception):
+        io.save_checkpoint({"nmbrl": RECORD, "unpicklable": lambda: None}, path)
+    assert read_checkpoint_info(path).run_id == "abc"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_record_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        read_checkpoint_info(tmp_path / "missing.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"nmbrl": RECORD, "x": torch.ones(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(ConfigError, match="corrupt or truncated"):
+        read_checkpoint_info(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ConfigError, match="not an NMBRL checkpoint"):
+        read_checkpoint_info(foreign)
+
+
+def test_find_last_checkpoint_takes_the_newest_run_of_the_experiment(tmp_path: Path) -> None:
+    older, newer, other = (tmp_path / "1" / "a", tmp_path / "1" / "b", tmp_path / "2" / "c")
+    for i, run in enumerate((older, newer, other)):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(run / "checkpoints" / "last.ckpt", (time.time() + i, time.time() + i))
+    assert find_last_checkpoint(tmp_path, "1") == newer / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="no checkpoint of this experiment"):
+        find_last_checkpoint(tmp_path, "3")
+
+
+def test_check_same_env_compares_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    torch.save({"nmbrl": RECORD}, path)
+    info = read_checkpoint_info(path)
+    check_same_env(info, "Hopper-v5", 11, 3)
+    with pytest.raises(ConfigError, match="trained on 'Hopper-v5' .*observation size 11.*'Walker2d-v5' \\(observation size 17"):
+        check_same_env(info, "Walker2d-v5", 17, 6)
