@@ -270,3 +270,11 @@ def test_normalizer_statistics_are_saved_with_the_state_dict():
 
     torch.testing.assert_close(restored.mean, torch.tensor([1.0, 3.0]))
     torch.testing.assert_close(restored.std, norm.std)
+
+
+def test_default_optimizer_is_fused_adam_at_lr_1e_3():
+    model = EnsembleWorldModel(ensemble_size=2, num_elites=1, hidden_size=8, num_hidden_layers=1, weight_decays=[0.0, 0.0])
+    model.build(EnvSpecs(observation_dim=3, action_spec=Bounded(-1, 1, shape=(1,))), termination_rule=None)
+
+    assert isinstance(model.optimizer, torch.optim.Adam)
+    assert model.optimizer.defaults["fused"] and model.optimizer.defaults["lr"] == 1e-3
