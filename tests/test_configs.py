@@ -103,5 +103,5 @@ def test_agent_optimizer_is_fused_adam_at_lr_3e_4(path):
     optimizer = yaml.safe_load(path.read_text())["model"]["optimizer"]
 
     assert optimizer["class_path"] == "torch.optim.Adam"
-    # Fused: the same update as plain Adam, in one kernel (about 8% more updates/s on CPU).
+    # Fused: the same update as plain Adam, in one kernel (a few percent more updates/s on CPU).
     assert optimizer["init_args"] == {"lr": 0.0003, "fused": True}
