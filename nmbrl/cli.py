@@ -6,13 +6,13 @@ import importlib
 import sys
 from typing import Any
 
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.loggers import MLFlowLogger
-from mlflow import MlflowClient
-
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
 
 from callbacks import BranchedRollouts, CollectorProcess, Evaluation, RunLifecycle, WorldModelTraining
 
@@ -23,6 +23,12 @@ from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.preflight import check_tracking_uri, check_writable_folder
 from nmbrl.tracking import SaveConfigToRun
+
+TORCH_THREADS_HELP = (
+    "Intra-op threads of torch. The networks are small, and whenever another job shares the cores, threads "
+    "that wait on each other made SAC updates 3.5 times and world-model training 9 times slower than one "
+    "thread. On a machine of its own, compare with benchmarks/throughput.py --threads 1 and --threads 2."
+)
 
 OPTIONAL_CALLBACKS = {
     "model_training": WorldModelTraining,
@@ -43,6 +49,8 @@ class NMBRLCLI(LightningCLI):
     read: the run continues in the checkpoint's MLflow run and run folder, and a checkpoint of an
     environment with other observation or action sizes is refused. Every run gets
     ``RunLifecycle`` (RNG states, Ctrl+C) and atomic checkpoint writes.
+
+    ``--torch_threads`` sets torch's intra-op threads before anything is built.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
@@ -56,6 +64,7 @@ class NMBRLCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--torch_threads", type=int, default=1, help=TORCH_THREADS_HELP)
         parser.link_arguments("seed_everything", "data.seed")
         for key, callback in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
@@ -67,6 +76,10 @@ class NMBRLCLI(LightningCLI):
         if subcommand:
             check_run_targets(self.config[subcommand])
         super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        set_torch_threads(config.torch_threads)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Optional callback groups left out of the config come as None.
@@ -153,6 +166,13 @@ def run(args: list[str] | None = None) -> NMBRLCLI:
             raise
         print(f"error: {config_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads; ConfigError unless it is at least 1."""
+    if threads < 1:
+        raise ConfigError(f"torch_threads={threads} must be at least 1 (the number of intra-op threads torch uses).")
+    torch.set_num_threads(threads)
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:

@@ -64,7 +64,11 @@ def branched_rollout(
     env = ImaginedEnv(world_model, real_env, batch_size=start.shape[0])
     start = TensorDict({"observation": start["observation"]}, batch_size=start.shape[:1], device=env.device)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
-        rollout = env.rollout(horizon, policy, auto_reset=False, tensordict=start, break_when_any_done=False)
+        # Reset first, so that every step has the same keys and the steps stack into one dense
+        # tensordict: masking a lazy stack of steps goes row by row (20 s instead of 0.2 s at horizon 2).
+        rollout = env.rollout(
+            horizon, policy, auto_reset=False, tensordict=env.reset(start), break_when_any_done=False, return_contiguous=True
+        )
     rollout = rollout.reshape(start.shape[0], horizon)
     keep = alive_mask(rollout["next", "terminated"])
     return select_transitions(rollout[keep])

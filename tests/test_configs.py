@@ -97,3 +97,12 @@ def test_paper_config_carries_the_paper_values(path):
     assert world_model["hidden_size"] == paper.model_hidden
     assert (world_model["ensemble_size"], world_model["num_elites"], world_model["num_hidden_layers"]) == (7, 5, 4)
     assert world_model["weight_decays"] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_agent_optimizer_is_fused_adam_at_lr_3e_4(path):
+    optimizer = yaml.safe_load(path.read_text())["model"]["optimizer"]
+
+    assert optimizer["class_path"] == "torch.optim.Adam"
+    # Fused: the same update as plain Adam, in one kernel (a few percent more updates/s on CPU).
+    assert optimizer["init_args"] == {"lr": 0.0003, "fused": True}

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from nmbrl.agent import make_actor
 from nmbrl.data import TRANSITION_KEYS, make_replay_buffer
@@ -207,3 +207,20 @@ def test_start_states_straight_from_a_real_rollout(pendulum):
     imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon=2)
 
     assert imagined.shape[0] > 0
+
+
+def test_imagined_transitions_come_dense_and_in_trajectory_order(pendulum, monkeypatch):
+    torch.manual_seed(5)
+    horizon = 4
+    flags = record_terminations(monkeypatch, pendulum.world_model)
+    start = pendulum.buffer.sample(START_STATES)
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, horizon)
+
+    # One dense tensordict (a lazy stack of steps made masking and buffer writes 100 times slower).
+    assert isinstance(imagined, TensorDict)
+    kept_per_start = alive_mask(torch.cat(flags, dim=1)).sum(dim=1)
+    trajectories = imagined.split(kept_per_start.tolist())
+    for first_state, trajectory in zip(start["observation"], trajectories):
+        torch.testing.assert_close(trajectory["observation"][0], first_state)
+        torch.testing.assert_close(trajectory["observation"][1:], trajectory["next", "observation"][:-1])

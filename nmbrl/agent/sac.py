@@ -34,7 +34,7 @@ class SACAgent(LightningModule):
         tau: Polyak rate of the target critics.
         target_entropy: Entropy that alpha is tuned towards; "auto" means minus the action size.
         init_alpha: Initial entropy temperature.
-        optimizer: Optimizer over actor, critics and alpha (default: Adam with lr 3e-4).
+        optimizer: Optimizer over actor, critics and alpha (default: fused Adam with lr 3e-4).
         max_loss_ratio: A critic loss above this multiple of its running average counts as exploding.
         divergence_patience: Rejected updates in a row (NaN, inf or exploding losses) after which
             training stops with a checkpoint of the last good weights.
@@ -99,7 +99,7 @@ class SACAgent(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.loss_module.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
-            return torch.optim.Adam(params, lr=3e-4)
+            return torch.optim.Adam(params, lr=3e-4, fused=True)
         return self.optimizer_factory(params)
 
     def on_train_start(self) -> None:

@@ -73,6 +73,27 @@ def test_optimizer_leaves_the_target_critics_to_the_soft_update():
     assert targets and not any(id(p) in optimized for p in targets)
 
 
+def test_default_optimizer_is_fused_adam_taking_the_same_steps_as_plain_adam():
+    torch.manual_seed(0)
+    fused_agent = built_agent(Bounded(-1, 1, shape=(1,)))
+    plain_agent = built_agent(Bounded(-1, 1, shape=(1,)))
+    plain_agent.loss_module.load_state_dict(fused_agent.loss_module.state_dict())
+    fused = fused_agent.configure_optimizers()
+    plain = torch.optim.Adam([p for p in plain_agent.loss_module.parameters() if p.requires_grad], lr=3e-4)
+    batch = random_transitions(256, action_dim=1)
+    alpha_before = fused_agent.loss_module.log_alpha.item()
+
+    for agent, optimizer in ((fused_agent, fused), (plain_agent, plain)):
+        for _ in range(3):
+            torch.manual_seed(1)  # the same action samples in both agents
+            update(agent, optimizer, batch.clone())
+
+    assert fused.defaults["fused"] and fused.defaults["lr"] == 3e-4
+    for (name, a), b in zip(fused_agent.loss_module.named_parameters(), plain_agent.loss_module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert fused_agent.loss_module.log_alpha.item() != alpha_before  # the steps did move the parameters
+
+
 def test_deterministic_policy_is_repeatable_and_within_bounds():
     torch.manual_seed(0)
     low, high = torch.tensor([-2.0, 0.0]), torch.tensor([0.5, 3.0])

@@ -64,6 +64,7 @@ def test_sac_fit_has_no_world_model(store: Path) -> None:
         (["--model_training.world_model.init_args.num_elites", "9"], "num_elites=9"),
         (["--rollouts.schedule", "[20, 10, 1, 5]"], "schedule=[20, 10, 1, 5]"),
         (["--rollouts.schedule", "[20, 100, 1]"], "schedule=[20, 100, 1]"),
+        (["--torch_threads", "0"], "torch_threads=0"),
     ],
 )
 def test_bad_input_fails_fast_with_one_message(store: Path, capsys, override: list[str], message: str) -> None:

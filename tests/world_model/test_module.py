@@ -292,3 +292,11 @@ def test_should_stop_ends_retraining_after_the_current_epoch(system):
     calls = []
     metrics = model.fit_transitions(data, should_stop=lambda: calls.append(1) or len(calls) > 3)
     assert metrics["model/epochs"] == 3.0 and model.trained
+
+
+def test_default_optimizer_is_fused_adam_at_lr_1e_3():
+    model = EnsembleWorldModel(ensemble_size=2, num_elites=1, hidden_size=8, num_hidden_layers=1, weight_decays=[0.0, 0.0])
+    model.build(EnvSpecs(observation_dim=3, action_spec=Bounded(-1, 1, shape=(1,))), termination_rule=None)
+
+    assert isinstance(model.optimizer, torch.optim.Adam)
+    assert model.optimizer.defaults["fused"] and model.optimizer.defaults["lr"] == 1e-3

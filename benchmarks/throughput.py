@@ -1,0 +1,344 @@
+"""Where the time of an MBPO run goes: the cost of each phase of one config, measured in isolation.
+
+Builds the agent, data module and callbacks from a config exactly as ``cli.py fit`` does, fills
+the buffers with synthetic transitions of the right shapes (costs do not depend on the values),
+and times each phase on its own:
+
+- SAC updates/s: a bare ``SACLoss`` step on one fixed batch, batch sampling alone, and the real
+  Lightning training loop (batch sampling and mixing, one collected env step per
+  ``updates_per_step`` updates, hooks, progress bar);
+- env steps/s of collection, random and with the policy;
+- seconds per world-model epoch at two real-buffer sizes (the cost is linear in between);
+- seconds per branched rollout at horizon 1 and at the schedule's longest horizon;
+- seconds per evaluation episode.
+
+It prints a markdown table and projects the wall-clock of one full run of the config from the
+figures, with world-model retraining at the config's epoch cap unless ``--retrain-epochs`` says
+otherwise (the cap is an upper bound: early stopping often ends a retraining sooner).
+
+Example (about 2 minutes on 2 cores; Lightning's own output goes to stderr):
+
+    python benchmarks/throughput.py --config configs/mbpo.yaml --threads 1 2>/dev/null
+
+On a machine shared with other jobs, ``--clock cpu`` times with this process's CPU time instead
+of wall-clock time: with one torch thread that is close to what the run would take on a core of
+its own, and much steadier than wall-clock time under load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from tensordict import TensorDict, TensorDictBase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import nmbrl.envs  # noqa: F401  (sets MUJOCO_GL before anything imports MuJoCo)
+from callbacks import BranchedRollouts, Evaluation, WorldModelTraining
+from nmbrl.cli import NMBRLCLI
+from nmbrl.data import model_buffer_capacity
+from nmbrl.data.buffers import make_replay_buffer
+from nmbrl.data.collect import make_collector
+from nmbrl.envs import make_env
+from nmbrl.envs.termination import termination_rule
+from nmbrl.evaluation import evaluate_policy
+from nmbrl.rollouts import branched_rollout, rollout_horizon
+
+MBPO_CALLBACKS = (WorldModelTraining, BranchedRollouts, Evaluation)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set by --clock
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/mbpo.yaml")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the CLI's --torch_threads)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall-clock time, or this process's CPU time")
+    parser.add_argument("--updates", type=int, default=400, help="SAC updates timed in each SAC measurement")
+    parser.add_argument("--real", type=int, default=20_000, help="real transitions in the buffer (late-run size)")
+    parser.add_argument("--imagined", type=int, default=100_000, help="imagined transitions in the model buffer")
+    parser.add_argument("--collect-steps", type=int, default=300, help="env steps timed for each collection mode")
+    parser.add_argument("--wm-epochs", type=int, default=2, help="world-model epochs timed at each buffer size")
+    parser.add_argument("--eval-episodes", type=int, default=1, help="evaluation episodes timed")
+    parser.add_argument(
+        "--retrain-epochs", type=float, default=None,
+        help="world-model epochs per retraining in the projection (default: the config's cap, an upper bound)",
+    )  # fmt: skip
+    parser.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[], help="extra config overrides, last")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Run:
+    """The objects of one configured run, built by the CLI without fitting."""
+
+    cli: NMBRLCLI
+    world_model_training: WorldModelTraining | None
+    rollouts: BranchedRollouts | None
+    evaluation: Evaluation | None
+    max_epochs: int  # of the config's trainer
+    random_steps: int  # of the config's data module
+    wm_epoch_cap: int  # of the config's world model
+
+    @property
+    def data(self):
+        return self.cli.datamodule
+
+    @property
+    def agent(self):
+        return self.cli.model
+
+
+def build_run(config: str, updates: int, threads: int, extra: list[str], root: str) -> Run:
+    """The CLI's objects for ``config``; the trainer stops after ``updates`` updates and logs nowhere."""
+    args = ["--config", config, "--trainer.logger", "false", "--trainer.default_root_dir", root,
+            "--trainer.max_steps", str(updates), "--torch_threads", str(threads), *extra]  # fmt: skip
+    cli = NMBRLCLI(args=args, run=False)
+    found = {kind: next((c for c in cli.trainer.callbacks if isinstance(c, kind)), None) for kind in MBPO_CALLBACKS}
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, MBPO_CALLBACKS)]
+    cli.datamodule.setup("fit")
+    cli.model.build(cli.datamodule.specs)
+    training = found[WorldModelTraining]
+    config = (cli.trainer.max_epochs, cli.datamodule.random_steps, training.world_model.hparams.max_epochs)
+    return Run(cli, *found.values(), *config)
+
+
+def synthetic_transitions(n: int, observation_dim: int, action_dim: int) -> TensorDictBase:
+    """``n`` transitions with the keys and dtypes of real ones."""
+    observation = torch.randn(n, observation_dim)
+    return TensorDict(
+        {
+            "observation": observation,
+            "action": torch.rand(n, action_dim) * 2 - 1,
+            "next": {
+                "observation": observation + 0.1 * torch.randn(n, observation_dim),
+                "reward": torch.rand(n, 1),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[n],
+    )
+
+
+def timed(fn: Callable[[], object], repeats: int = 1) -> float:
+    """Seconds of one call of ``fn``, median over ``repeats``."""
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def per_second(fn: Callable[[], object], calls: int, warmup: int = 30) -> float:
+    """Calls of ``fn`` per second: the median of three rounds of ``calls / 3``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    chunk = max(1, calls // 3)
+    return chunk / timed(lambda: [fn() for _ in range(chunk)], repeats=3)
+
+
+# --- SAC -----------------------------------------------------------------------------------
+
+
+def bare_sac_step(run: Run) -> Callable[[], None]:
+    """One SACLoss update on a fixed batch, as in TorchRL's SAC example: no sampling, no Lightning."""
+    agent, batch = run.agent, run.data.sample_batch()
+    optimizer = agent.configure_optimizers()
+
+    def step() -> None:
+        losses = agent.loss_module(batch.clone(False))
+        loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        agent.target_update.step()
+
+    return step
+
+
+class LoopTimer(Callback):
+    """Times the training loop from batch ``warmup`` to the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self.start = clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.end = clock()
+        self.batches = batch_idx + 1 - self.warmup
+
+
+def lightning_loop_rate(run: Run, warmup: int = 20) -> float:
+    """Updates/s of ``trainer.fit`` without the MBPO callbacks: sampling, collection, hooks and all."""
+    timer = LoopTimer(warmup)
+    run.cli.trainer.callbacks.append(timer)
+    run.data.random_steps = 0
+    run.cli.trainer.fit(run.agent, datamodule=run.data)
+    return timer.batches / (timer.end - timer.start)
+
+
+# --- the other phases -----------------------------------------------------------------------
+
+
+def collection_rates(run: Run, steps: int) -> tuple[float, float]:
+    """Env steps/s of the collector used by the data module: uniform random, then with the policy."""
+    buffer = make_replay_buffer(2 * steps + 2)
+    collector, _ = make_collector(run.data.env, run.agent.policy, buffer, steps, torch.device("cpu"))
+    iterator = iter(collector)
+    random_rate = per_second(lambda: next(iterator), steps - 10, warmup=10)
+    policy_rate = per_second(lambda: next(iterator), steps, warmup=10)
+    collector.shutdown()
+    return random_rate, policy_rate
+
+
+def world_model_epoch_seconds(run: Run, sizes: list[int], epochs: int) -> dict[int, float]:
+    """Seconds of one world-model training epoch (holdout check included) per real-buffer size."""
+    world_model = run.world_model_training.world_model
+    world_model.build(run.data.specs, termination_rule(run.data.env_name))
+    world_model.hparams.max_epochs, world_model.hparams.patience = epochs, 10**9
+    specs = run.data.specs
+    return {n: timed(lambda: world_model.fit_transitions(synthetic_transitions(n, specs.observation_dim, specs.action_dim))) / epochs for n in sizes}
+
+
+def rollout_seconds(run: Run, horizon: int) -> float:
+    """Seconds of one branched rollout of the config's batch size, writing into the model buffer included."""
+    rollouts, data = run.rollouts, run.data
+    world_model = run.world_model_training.world_model
+    start = synthetic_transitions(rollouts.batch_size, data.specs.observation_dim, data.specs.action_dim)
+    capacity = model_buffer_capacity(horizon, rollouts.batch_size, data.epoch_length, rollouts.every, rollouts.retain_epochs)
+    buffer = make_replay_buffer(capacity)
+
+    def rollout() -> None:
+        buffer.extend(branched_rollout(world_model, data.env, run.agent.policy, start, horizon).cpu())
+
+    rollout()  # warm-up
+    return timed(rollout)
+
+
+def evaluation_episode_seconds(run: Run, episodes: int) -> float:
+    evaluation, data = run.evaluation, run.data
+    env = make_env(data.env_name, seed=data.seed + 10_000)
+    return timed(lambda: evaluate_policy(env, run.agent.policy, episodes, evaluation.max_episode_steps)) / episodes
+
+
+# --- projection -----------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    bare_sac: float
+    sampling: float
+    loop: float
+    collect_random: float
+    collect_policy: float
+    wm_epoch: dict[int, float]
+    rollout: dict[int, float]
+    eval_episode: float
+
+
+def interpolate(points: dict[int, float], x: float) -> float:
+    """The line through the two ``points`` (x -> y), evaluated at ``x``."""
+    (x0, y0), (x1, y1) = sorted(points.items())
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def retraining_points(run: Run) -> list[tuple[int, int]]:
+    """(env steps, epoch) of each retraining and rollout of a full run: the first update, then every ``every`` steps."""
+    data, every, random_steps = run.data, run.world_model_training.every, run.random_steps
+    end = random_steps + run.max_epochs * data.epoch_length
+    first = random_steps + 1
+    points = [first] + list(range((first // every + 1) * every, end + 1, every))
+    return [(s, (s - random_steps - 1) // data.epoch_length) for s in points]
+
+
+def project(run: Run, f: Figures, retrain_epochs: float) -> dict[str, float]:
+    """Seconds of each phase in one full run of the config, with ``retrain_epochs`` epochs per retraining."""
+    data = run.data
+    epochs = run.max_epochs
+    points = retraining_points(run)
+    schedule = run.rollouts.schedule
+    return {
+        "random exploration": run.random_steps / f.collect_random,
+        "SAC loop (with collection)": epochs * data.epoch_length * data.updates_per_step / f.loop,
+        "world-model retraining": sum(retrain_epochs * interpolate(f.wm_epoch, steps) for steps, _ in points),
+        "branched rollouts": sum(interpolate(f.rollout, rollout_horizon(epoch, schedule)) for _, epoch in points),
+        "evaluation": epochs * run.evaluation.episodes * f.eval_episode,
+    }
+
+
+def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
+    data = run.data
+    lo, hi = sorted(f.wm_epoch)
+    h_lo, h_hi = sorted(f.rollout)
+    cap = run.wm_epoch_cap
+    rows = [
+        ("SAC update, bare SACLoss step (fixed batch)", f"{f.bare_sac:.1f} updates/s"),
+        (f"batch sampling + mixing (real_ratio {data.real_ratio})", f"{f.sampling:.0f} batches/s"),
+        ("SAC update, Lightning loop (sampling, collection, hooks)", f"{f.loop:.1f} updates/s"),
+        ("collection, random policy", f"{f.collect_random:.0f} env steps/s"),
+        ("collection, agent policy", f"{f.collect_policy:.0f} env steps/s"),
+        (f"world-model epoch, {lo} real transitions", f"{f.wm_epoch[lo]:.2f} s"),
+        (f"world-model epoch, {hi} real transitions", f"{f.wm_epoch[hi]:.2f} s"),
+        (f"world-model retraining at the cap ({cap} epochs), {hi} real", f"{cap * f.wm_epoch[hi]:.1f} s"),
+        (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_lo}", f"{f.rollout[h_lo]:.2f} s"),
+        (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_hi}", f"{f.rollout[h_hi]:.2f} s"),
+        (f"evaluation ({run.evaluation.episodes} episodes of {run.evaluation.max_episode_steps} steps)", f"{run.evaluation.episodes * f.eval_episode:.1f} s"),
+    ]
+    print(f"\n`{args.config}`, {args.threads} torch thread(s), {args.clock} clock, load average {os.getloadavg()[0]:.2f}\n")
+    print("| phase | cost |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    retrain_epochs = args.retrain_epochs or cap
+    projection = project(run, f, retrain_epochs)
+    print(f"\nProjected full run ({retrain_epochs:g} world-model epochs per retraining; the cap is {cap})\n")
+    print("| phase | minutes |\n| --- | --- |")
+    for name, seconds in projection.items():
+        print(f"| {name} | {seconds / 60:.1f} |")
+    print(f"| **total** | **{sum(projection.values()) / 60:.1f}** |")
+
+
+def measure(run: Run, args: argparse.Namespace) -> Figures:
+    specs, data = run.data.specs, run.data
+    data.real_buffer.extend(synthetic_transitions(args.real, specs.observation_dim, specs.action_dim))
+    data.resize_model_buffer(args.imagined)
+    data.model_buffer.extend(synthetic_transitions(args.imagined, specs.observation_dim, specs.action_dim))
+    data.env_steps = args.real
+    bare = per_second(bare_sac_step(run), args.updates)
+    sampling = per_second(data.sample_batch, args.updates)
+    collect_random, collect_policy = collection_rates(run, args.collect_steps)
+    wm_epoch = world_model_epoch_seconds(run, [max(args.real // 4, 1000), args.real], args.wm_epochs)
+    longest = max(run.rollouts.schedule[2:])
+    rollout = {h: rollout_seconds(run, h) for h in sorted({1, longest if longest > 1 else 2})}
+    eval_episode = evaluation_episode_seconds(run, args.eval_episodes)
+    loop = lightning_loop_rate(run)  # last: fitting tears the data module down
+    return Figures(bare, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, eval_episode)
+
+
+def main(argv: list[str] | None = None) -> None:
+    global clock
+    args = parse_args(argv)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    clock = CLOCKS[args.clock]
+    with tempfile.TemporaryDirectory() as root:
+        run = build_run(args.config, args.updates + 20, args.threads, args.cli_args, root)
+        print_report(run, measure(run, args), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/throughput.py: the pieces its projection of a full run rests on."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from nmbrl.data import TRANSITION_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+throughput = sys.modules["throughput"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(throughput)
+
+
+def test_interpolate_is_the_line_through_two_points():
+    assert throughput.interpolate({1000: 1.0, 5000: 3.0}, 3000) == 2.0
+    assert throughput.interpolate({5000: 3.0, 1000: 1.0}, 9000) == 5.0  # extrapolates; order does not matter
+
+
+def test_retraining_points_of_the_default_config():
+    # configs/mbpo.yaml: 1000 random steps, 19 epochs of 1000 steps, retraining every 250 steps.
+    run = SimpleNamespace(
+        data=SimpleNamespace(epoch_length=1000), world_model_training=SimpleNamespace(every=250), random_steps=1000, max_epochs=19
+    )
+
+    points = throughput.retraining_points(run)
+
+    # The first update (env step 1001) retrains, then every multiple of 250 up to the last step,
+    # which is collected in the last epoch (index 18) before its updates.
+    assert points[:3] == [(1001, 0), (1250, 0), (1500, 0)]
+    assert (2000, 0) in points and (2250, 1) in points
+    assert points[-1] == (20000, 18)
+    assert len(points) == 77
+
+
+def test_synthetic_transitions_have_the_keys_and_dtypes_of_real_ones():
+    data = throughput.synthetic_transitions(7, observation_dim=5, action_dim=2)
+
+    assert set(data.keys(include_nested=True, leaves_only=True)) == set(TRANSITION_KEYS)
+    assert data.shape == (7,) and data["action"].shape == (7, 2) and data["next", "observation"].shape == (7, 5)
+    assert data["next", "done"].dtype == data["next", "terminated"].dtype == throughput.torch.bool
+    assert data["action"].abs().max() <= 1
