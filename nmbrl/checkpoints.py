@@ -26,12 +26,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A crash or ``kill -9`` mid-write leaves the previous checkpoint intact (Lightning's own save
     goes through a temporary file in the system temp dir, whose final move is a copy when that
-    dir is on another filesystem, and is never synced).
+    dir is on another filesystem, and is never synced). The temporary file such a crash leaves
+    behind is removed by the next save into the same folder.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(temporary, "wb") as file:
@@ -42,6 +44,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             temporary.unlink(missing_ok=True)
         sync_folder(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files of writers that died mid-save (``.<name>.<pid>.tmp``, pid gone)."""
+    for temporary in folder.glob(".*.tmp"):
+        pid = temporary.suffixes[-2].lstrip(".") if len(temporary.suffixes) >= 2 else ""
+        if pid.isdigit() and not process_alive(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sync_folder(folder: Path) -> None:

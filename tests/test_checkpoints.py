@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def test_atomic_save_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -
     io.save_checkpoint({"nmbrl": {**RECORD, "env_steps": 8}, "x": torch.zeros(3)}, path)
     assert read_checkpoint_info(path).env_steps == 8
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_save_removes_the_temporary_file_of_a_killed_writer(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".epoch=1-step=200.ckpt.{dead.pid}.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / f".other.ckpt.{os.getpid()}.tmp").write_bytes(b"a live writer's file")
+    AtomicCheckpointIO().save_checkpoint({"nmbrl": RECORD}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.ckpt.{os.getpid()}.tmp", "last.ckpt"]
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
