@@ -24,7 +24,7 @@ from nmbrl.concurrent.pacing import Pacing, RemoteCollection
 from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights
 from nmbrl.concurrent.supervisor import RoleProcess
 from nmbrl.concurrent.world_model_role import WorldModelRole, published_world_model
-from nmbrl.errors import ConfigError, RoleFailed
+from nmbrl.errors import ConfigError, RoleFailed, check_at_least_one
 from nmbrl.tracking import RoleLogger, log_now, mlflow_run_of
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -49,9 +49,7 @@ class CollectorProcess(Callback):
     def __init__(
         self, max_lead: int | None = 250, publish_every: int = 10, threads: int = 1, log_every_s: float = 10.0, stop_timeout_s: float = 10.0
     ) -> None:
-        for name, value in (("publish_every", publish_every), ("threads", threads)):
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be at least 1.")
+        check_at_least_one(publish_every=publish_every, threads=threads)
         if max_lead is not None and max_lead < 0:
             raise ConfigError(f"max_lead={max_lead} must be at least 0, or null for an unpaced collector.")
         self.max_lead = max_lead
@@ -152,8 +150,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
 
     def __init__(self, world_model: EnsembleWorldModel, every: int = 250, threads: int = 1, stop_timeout_s: float = 10.0) -> None:
         super().__init__(world_model, every)
-        if threads < 1:
-            raise ConfigError(f"threads={threads} must be at least 1.")
+        check_at_least_one(threads=threads)
         self.threads = threads
         self.stop_timeout_s = stop_timeout_s
         self.process: RoleProcess | None = None

@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 
 from nmbrl.envs import make_env
-from nmbrl.errors import ConfigError
+from nmbrl.errors import check_at_least_one
 from nmbrl.evaluation import evaluate_policy, run_episode
 from nmbrl.plots import plot_eval_returns
 from nmbrl.tracking import log_now, run_dir
@@ -46,10 +46,13 @@ class Evaluation(Callback):
         video_size: int = 256,
         video_fps: int = 30,
     ) -> None:
-        checked = (("every_n_epochs", every_n_epochs), ("episodes", episodes), ("max_episode_steps", max_episode_steps))
-        for name, value in (*checked, ("video_size", video_size), ("video_fps", video_fps)):
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be at least 1.")
+        check_at_least_one(
+            every_n_epochs=every_n_epochs,
+            episodes=episodes,
+            max_episode_steps=max_episode_steps,
+            video_size=video_size,
+            video_fps=video_fps,
+        )
         self.every_n_epochs = every_n_epochs
         self.episodes = episodes
         self.max_episode_steps = max_episode_steps

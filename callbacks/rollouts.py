@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.model_training import world_model_of
 from nmbrl.data import model_buffer_capacity
-from nmbrl.errors import ConfigError
+from nmbrl.errors import check_at_least_one
 from nmbrl.rollouts import branched_rollout, check_rollout_schedule, rollout_horizon
 from nmbrl.tracking import log_now
 
@@ -28,9 +28,7 @@ class BranchedRollouts(Callback):
 
     def __init__(self, every: int = 250, batch_size: int = 100_000, schedule: list[int] = [20, 100, 1, 1], retain_epochs: int = 1) -> None:
         check_rollout_schedule(schedule)
-        for name, value in (("every", every), ("batch_size", batch_size), ("retain_epochs", retain_epochs)):
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be at least 1.")
+        check_at_least_one(every=every, batch_size=batch_size, retain_epochs=retain_epochs)
         self.every = every
         self.batch_size = batch_size
         self.schedule = schedule

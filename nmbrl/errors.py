@@ -9,6 +9,13 @@ class ConfigError(ValueError):
     """
 
 
+def check_at_least_one(**settings: int) -> None:
+    """ConfigError naming the first setting below 1 (counts, sizes, intervals)."""
+    for name, value in settings.items():
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be at least 1.")
+
+
 class TrainingDiverged(RuntimeError):
     """Training cannot go on: losses stayed NaN, infinite or exploding (see ``nmbrl.agent.divergence``)."""
 

@@ -13,7 +13,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.envs import EnvSpecs
-from nmbrl.errors import ConfigError
+from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now
 
@@ -58,8 +58,7 @@ class SACAgent(LightningModule):
         super().__init__()
         if max_loss_ratio <= 1:
             raise ConfigError(f"max_loss_ratio={max_loss_ratio} must be above 1: it is how many times its running average a loss may reach.")
-        if divergence_patience < 1:
-            raise ConfigError(f"divergence_patience={divergence_patience} must be at least 1.")
+        check_at_least_one(divergence_patience=divergence_patience)
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.optimizer_factory = optimizer
         self.automatic_optimization = False

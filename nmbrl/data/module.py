@@ -17,7 +17,7 @@ from nmbrl.concurrent.shared import CONTEXT, SharedRealData, make_shared_replay_
 from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch, select_transitions
 from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
-from nmbrl.errors import ConfigError
+from nmbrl.errors import ConfigError, check_at_least_one
 
 # Evaluation episodes run on an environment seeded this far from the training seed.
 EVAL_SEED_OFFSET = 10_000
@@ -65,16 +65,13 @@ class RLDataModule(LightningDataModule):
         check_env_name(env)
         if not 0.0 <= real_ratio <= 1.0:
             raise ConfigError(f"real_ratio={real_ratio} must lie in [0, 1]: it is the fraction of each batch drawn from real data.")
-        sizes = {
-            "buffer_size": buffer_size,
-            "epoch_length": epoch_length,
-            "batch_size": batch_size,
-            "updates_per_step": updates_per_step,
-            "test_episodes": test_episodes,
-        }
-        for name, value in sizes.items():
-            if value < 1:
-                raise ConfigError(f"{name}={value} must be at least 1.")
+        check_at_least_one(
+            buffer_size=buffer_size,
+            epoch_length=epoch_length,
+            batch_size=batch_size,
+            updates_per_step=updates_per_step,
+            test_episodes=test_episodes,
+        )
         if random_steps < 0:
             raise ConfigError(f"random_steps={random_steps} must not be negative.")
         self.env_name = env
