@@ -204,7 +204,8 @@ def collection_rates(run: Run, steps: int) -> tuple[float, float]:
     random_rate = per_second(lambda: next(iterator), steps - 10, warmup=10)
     policy_rate = per_second(lambda: next(iterator), steps, warmup=10)
     collector.shutdown()
-    return random_rate, policy_rate
+    repeat = run.data.action_repeat  # each collector frame is one transition of `repeat` env steps
+    return random_rate * repeat, policy_rate * repeat
 
 
 def world_model_epoch_seconds(run: Run, sizes: list[int], epochs: int) -> dict[int, float]:
@@ -262,9 +263,9 @@ def retraining_points(run: Run) -> list[tuple[int, int]]:
     """(env steps, epoch) of each retraining and rollout of a full run: the first update, then every ``every`` steps."""
     data, every, random_steps = run.data, run.world_model_training.every, run.random_steps
     end = random_steps + run.max_epochs * data.epoch_length
-    first = random_steps + 1
+    first = random_steps + data.action_repeat  # the first transition after exploration
     points = [first] + list(range((first // every + 1) * every, end + 1, every))
-    return [(s, (s - random_steps - 1) // data.epoch_length) for s in points]
+    return [(s, (s - first) // data.epoch_length) for s in points]
 
 
 def project(run: Run, f: Figures, retrain_epochs: float) -> dict[str, float]:
@@ -275,8 +276,11 @@ def project(run: Run, f: Figures, retrain_epochs: float) -> dict[str, float]:
     schedule = run.rollouts.schedule
     return {
         "random exploration": run.random_steps / f.collect_random,
-        "SAC loop (with collection)": epochs * data.epoch_length * data.updates_per_step / f.loop,
-        "world-model retraining": sum(retrain_epochs * interpolate(f.wm_epoch, steps) for steps, _ in points),
+        "SAC loop (with collection)": epochs * data.epoch_length // data.action_repeat * data.updates_per_step / f.loop,
+        # The real buffer holds one transition per action_repeat env steps.
+        "world-model retraining": sum(
+            retrain_epochs * interpolate(f.wm_epoch, steps // data.action_repeat) for steps, _ in points
+        ),
         "branched rollouts": sum(interpolate(f.rollout, rollout_horizon(epoch, schedule)) for _, epoch in points),
         "evaluation": epochs * run.evaluation.episodes * f.eval_episode,
     }

@@ -35,7 +35,7 @@ class CollectorProcess(Callback):
     When fit starts, the real buffer and the env-step count move into shared memory and the
     collector process starts writing every transition into the buffer; the agent trains on it as
     it grows. Pacing (``nmbrl.concurrent.pacing.Pacing``) holds the agent to at most
-    ``data.updates_per_step`` updates per env step, and the collector to at most ``max_lead``
+    ``data.updates_per_step`` updates per real transition, and the collector to at most ``max_lead``
     steps ahead of the agent. A failure of the collector stops the run with its error.
 
     Args:
@@ -67,7 +67,7 @@ class CollectorProcess(Callback):
         data = trainer.datamodule
         shared = data.share_real_data()
         shared.env_steps.value = data.env_steps  # nonzero when resuming
-        self.pacing = Pacing(data.random_steps, data.updates_per_step, self.max_lead)
+        self.pacing = Pacing(data.random_steps, data.updates_per_step, self.max_lead, data.action_repeat)
         self.agent_updates = CONTEXT.Value("q", trainer.global_step)
         self.policy_version = CONTEXT.Value("q", 0)
         self.policy = SharedWeights(published_policy(pl_module))
@@ -82,6 +82,7 @@ class CollectorProcess(Callback):
         data = trainer.datamodule
         return CollectorRole(
             env_name=data.env_name,
+            action_repeat=data.action_repeat,
             seed=data.seed + data.env_steps,  # as RLDataModule reseeds on resume: a fresh episode
             actor=copy.deepcopy(pl_module.policy).cpu(),
             policy=self.policy,

@@ -61,6 +61,7 @@ class RunLifecycle(Callback):
             "observation_dim": specs.observation_dim,
             "action_dim": specs.action_dim,
             "env_steps": data.env_steps,
+            "action_repeat": data.action_repeat,
         }
 
     def state_dict(self) -> dict[str, Any]:

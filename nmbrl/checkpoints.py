@@ -84,6 +84,7 @@ class CheckpointInfo:
     observation_dim: int
     action_dim: int
     env_steps: int
+    action_repeat: int = 1  # absent from checkpoints written before the setting existed
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
@@ -123,12 +124,18 @@ def find_last_checkpoint(root_dir: str | os.PathLike, experiment_id: str | None)
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def check_same_env(info: CheckpointInfo, env: str, observation_dim: int, action_dim: int) -> None:
-    """ConfigError if the checkpoint's networks do not fit the configured environment."""
+def check_same_env(info: CheckpointInfo, env: str, observation_dim: int, action_dim: int, action_repeat: int = 1) -> None:
+    """ConfigError if the checkpoint's networks do not fit the configured environment, or learned another action repeat."""
     if (info.observation_dim, info.action_dim) != (observation_dim, action_dim):
         raise ConfigError(
             f"ckpt_path={str(info.path)!r} was trained on {info.env!r} (observation size {info.observation_dim}, "
             f"action size {info.action_dim}), but the config asks for {env!r} (observation size {observation_dim}, "
             f"action size {action_dim}). Use the config the checkpoint was trained with (its run folder holds "
             f"config.yaml), or set --data.env {info.env}."
+        )
+    if info.action_repeat != action_repeat:
+        raise ConfigError(
+            f"ckpt_path={str(info.path)!r} was trained with action_repeat={info.action_repeat}, but the config asks for "
+            f"action_repeat={action_repeat}: its agent and world model learned transitions of {info.action_repeat} env "
+            f"steps. Set --data.action_repeat {info.action_repeat}."
         )

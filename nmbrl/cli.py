@@ -119,7 +119,7 @@ def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> Non
     env = make_env(config.data.env, seed=0)
     specs = env_specs(env)
     env.close()
-    check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim)
+    check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim, config.data.action_repeat)
     config.ckpt_path = str(info.path)
     if logger is not None and info.run_id is not None:
         if info.tracking_uri is not None and info.tracking_uri != logger.tracking_uri:

@@ -76,3 +76,18 @@ def test_check_same_env_compares_sizes(tmp_path: Path) -> None:
     check_same_env(info, "Hopper-v5", 11, 3)
     with pytest.raises(ConfigError, match="trained on 'Hopper-v5' .*observation size 11.*'Walker2d-v5' \\(observation size 17"):
         check_same_env(info, "Walker2d-v5", 17, 6)
+
+
+def test_check_same_env_compares_the_action_repeat(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    torch.save({"nmbrl": {**RECORD, "action_repeat": 4}}, path)
+    info = read_checkpoint_info(path)
+    check_same_env(info, "Hopper-v5", 11, 3, action_repeat=4)
+    with pytest.raises(ConfigError, match="trained with action_repeat=4, but the config asks for action_repeat=1"):
+        check_same_env(info, "Hopper-v5", 11, 3, action_repeat=1)
+
+
+def test_checkpoints_from_before_action_repeat_read_as_repeat_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    torch.save({"nmbrl": RECORD}, path)  # RECORD has no action_repeat
+    assert read_checkpoint_info(path).action_repeat == 1

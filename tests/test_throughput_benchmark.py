@@ -21,7 +21,7 @@ def test_interpolate_is_the_line_through_two_points():
 def test_retraining_points_of_the_default_config():
     # configs/mbpo.yaml: 1000 random steps, 19 epochs of 1000 steps, retraining every 250 steps.
     run = SimpleNamespace(
-        data=SimpleNamespace(epoch_length=1000), world_model_training=SimpleNamespace(every=250), random_steps=1000, max_epochs=19
+        data=SimpleNamespace(epoch_length=1000, action_repeat=1), world_model_training=SimpleNamespace(every=250), random_steps=1000, max_epochs=19
     )
 
     points = throughput.retraining_points(run)

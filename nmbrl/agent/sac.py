@@ -154,7 +154,8 @@ class SACAgent(LightningModule):
 
     def test_step(self, batch: int, batch_idx: int) -> None:
         """One evaluation episode with the deterministic policy, until the environment ends it."""
-        episode = run_episode(self.trainer.datamodule.eval_env, self.policy, max_steps=TEST_EPISODE_STEP_CAP)
+        data = self.trainer.datamodule
+        episode = run_episode(data.eval_env, self.policy, max_steps=TEST_EPISODE_STEP_CAP)
         episode_return = float(episode["next", "reward"].sum())
-        self.test_results.append((episode_return, episode.shape[0]))
+        self.test_results.append((episode_return, episode.shape[0] * data.action_repeat))  # env steps
         self.log("test/return_mean", episode_return, on_epoch=True, batch_size=1)

@@ -23,6 +23,7 @@ class CollectorRole:
 
     Args:
         env_name: The environment to step, as ``RLDataModule.env``.
+        action_repeat: Env steps per transition, as ``RLDataModule.action_repeat``.
         seed: Seed of the environment.
         actor: A private copy of the policy network; published weights are copied into it.
         policy: The agent's published policy weights, stamped with ``agent_updates``.
@@ -37,6 +38,7 @@ class CollectorRole:
     """
 
     env_name: str
+    action_repeat: int
     seed: int
     actor: nn.Module
     policy: SharedWeights
@@ -51,9 +53,9 @@ class CollectorRole:
     name: str = "collector"
 
     def run(self, should_stop: StopSignal) -> None:
-        env = make_env(self.env_name, seed=self.seed)
-        random_steps = max(self.pacing.random_steps - self.env_steps.value, 0)
-        collector, episodes = make_collector(env, self.actor, self.buffer, random_steps, torch.device("cpu"))
+        env = make_env(self.env_name, seed=self.seed, action_repeat=self.action_repeat)
+        random_transitions = max(self.pacing.random_steps - self.env_steps.value, 0) // self.action_repeat
+        collector, episodes = make_collector(env, self.actor, self.buffer, random_transitions, torch.device("cpu"))
         steps = iter(collector)
         acting_with = module_weights(self.actor).set("agent_updates", torch.zeros((), dtype=torch.int64))
         report = CollectorReport(self, time.perf_counter())
@@ -65,7 +67,7 @@ class CollectorRole:
                 self.take_latest_policy(acting_with)
                 next(steps)
                 with self.env_steps.get_lock():
-                    self.env_steps.value += 1
+                    self.env_steps.value += self.action_repeat
                 if time.perf_counter() - report.since >= self.log_every_s:
                     report.log(acting_with, episodes.finished_returns)
                     episodes.finished_returns = []

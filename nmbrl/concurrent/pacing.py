@@ -23,9 +23,10 @@ POLL_S = 0.002
 class Pacing:
     """How far the agent and the collector may run ahead of each other.
 
-    The agent keeps synchronous MBPO's schedule as a ceiling: update ``u`` waits for env step
-    ``random_steps + u // updates_per_step + 1``, so there are never more than
-    ``updates_per_step`` agent updates per env step. The collector may run ``max_lead`` env steps
+    The agent keeps synchronous MBPO's schedule as a ceiling: update ``u`` waits for real transition
+    ``u // updates_per_step + 1`` after exploration, that is for env step
+    ``random_steps + (u // updates_per_step + 1) * action_repeat``, so there are never more than
+    ``updates_per_step`` agent updates per real transition. The collector may run ``max_lead`` env steps
     past the step the agent needs next (``None``: as fast as it can). Both rules together cannot
     deadlock: the agent waits only while the collector is behind that step, the collector only
     while it is at least ``max_lead`` past it.
@@ -34,17 +35,18 @@ class Pacing:
     random_steps: int
     updates_per_step: int
     max_lead: int | None
+    action_repeat: int = 1
 
     def env_steps_needed(self, updates: int) -> int:
         """Env steps the agent must see before its update number ``updates`` (counted from 0)."""
-        return self.random_steps + updates // self.updates_per_step + 1
+        return self.random_steps + (updates // self.updates_per_step + 1) * self.action_repeat
 
     def collector_may_step(self, env_steps: int, updates: int) -> bool:
         return self.max_lead is None or env_steps < self.env_steps_needed(updates) + self.max_lead
 
     def update_ratio(self, env_steps: int, updates: int) -> float:
-        """Agent updates per env step after exploration, the ratio pacing holds at ``updates_per_step`` at most."""
-        return updates / max(env_steps - self.random_steps, 1)
+        """Agent updates per real transition after exploration, held at ``updates_per_step`` at most."""
+        return updates / max((env_steps - self.random_steps) // self.action_repeat, 1)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class PacedStream:
         self.collection = collection
 
     def __len__(self) -> int:
-        return self.data.epoch_length * self.data.updates_per_step
+        return self.data.epoch_length // self.data.action_repeat * self.data.updates_per_step
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data, collection, trainer = self.data, self.collection, self.data.trainer

@@ -26,19 +26,28 @@ EVAL_SEED_OFFSET = 10_000
 class RLDataModule(LightningDataModule):
     """Steps the real environment and serves mixed real/imagined batches to the agent.
 
-    One training epoch is ``epoch_length`` real steps; after each step the agent gets
-    ``updates_per_step`` batches. Before the first epoch, ``random_steps`` steps are taken with a
-    uniform random policy. Under DDP each rank steps its own environment, seeded ``seed + rank``.
+    One training epoch is ``epoch_length`` real env steps; after each real transition the agent
+    gets ``updates_per_step`` batches. Before the first epoch, ``random_steps`` env steps are taken
+    with a uniform random policy. Under DDP each rank steps its own environment, seeded ``seed + rank``.
+
+    With ``action_repeat`` k, the agent acts every k env steps: one transition spans k env steps
+    and carries their summed reward (the usual setting for dm_control tasks; PlaNet's benchmark
+    uses 8 for cartpole). Every step count here and in the callbacks (``random_steps``,
+    ``epoch_length``, ``every``, the logged ``env_steps``) stays in env steps of the underlying
+    simulator, so budgets compare across settings; a transition cut short by the end of an
+    episode still counts k.
 
     Args:
         env: Gymnasium id (``Hopper-v5``) or dm_control ``domain-task`` (``cartpole-swingup``).
         seed: Seed of the real environment (rank ``r`` uses ``seed + r``).
-        buffer_size: Capacity of the real replay buffer, in transitions.
-        random_steps: Initial exploration steps taken with a uniform random policy.
-        epoch_length: Real environment steps per training epoch.
-        updates_per_step: Agent updates after each real step (MBPO's ``n_train_repeat``).
+        buffer_size: Capacity of the real replay buffer, in transitions (agent steps).
+        random_steps: Initial exploration env steps taken with a uniform random policy.
+        epoch_length: Real env steps per training epoch.
+        updates_per_step: Agent updates after each real transition (MBPO's ``n_train_repeat``).
         batch_size: Transitions in each agent batch.
         real_ratio: Fraction of each batch drawn from real data, sample by sample; the rest is imagined.
+        action_repeat: Env steps each action is held for; ``random_steps`` and ``epoch_length``
+            must be multiples of it.
         model_buffer_dir: Keep the model buffer in memory-mapped files under this folder instead of
             in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions).
         test_episodes: Episodes run by ``cli.py test`` with the deterministic policy.
@@ -58,6 +67,7 @@ class RLDataModule(LightningDataModule):
         updates_per_step: int = 20,
         batch_size: int = 256,
         real_ratio: float = 0.05,
+        action_repeat: int = 1,
         model_buffer_dir: str | None = None,
         test_episodes: int = 10,
     ) -> None:
@@ -71,9 +81,16 @@ class RLDataModule(LightningDataModule):
             batch_size=batch_size,
             updates_per_step=updates_per_step,
             test_episodes=test_episodes,
+            action_repeat=action_repeat,
         )
         if random_steps < 0:
             raise ConfigError(f"random_steps={random_steps} must not be negative.")
+        for name, steps in (("random_steps", random_steps), ("epoch_length", epoch_length)):
+            if steps % action_repeat:
+                raise ConfigError(
+                    f"{name}={steps} is not a multiple of action_repeat={action_repeat}: each real transition "
+                    f"takes {action_repeat} env steps. Use a multiple of {action_repeat}."
+                )
         self.env_name = env
         self.seed = seed
         self.buffer_size = buffer_size
@@ -82,6 +99,7 @@ class RLDataModule(LightningDataModule):
         self.updates_per_step = updates_per_step
         self.batch_size = batch_size
         self.real_ratio = real_ratio
+        self.action_repeat = action_repeat
         self.model_buffer_dir = model_buffer_dir
         self.test_episodes = test_episodes
         self.env: EnvBase | None = None
@@ -112,12 +130,12 @@ class RLDataModule(LightningDataModule):
     def eval_env(self) -> EnvBase:
         """A separately seeded copy of the environment for evaluation episodes, built on first use."""
         if self._eval_env is None:
-            self._eval_env = make_env(self.env_name, seed=self.eval_seed)
+            self._eval_env = make_env(self.env_name, seed=self.eval_seed, action_repeat=self.action_repeat)
         return self._eval_env
 
     def setup(self, stage: str) -> None:
         if self.env is None:
-            self.env = make_env(self.env_name, seed=self.seed + self.rank)
+            self.env = make_env(self.env_name, seed=self.seed + self.rank, action_repeat=self.action_repeat)
             self.real_buffer = make_replay_buffer(self.buffer_size)
 
     def teardown(self, stage: str) -> None:
@@ -154,17 +172,18 @@ class RLDataModule(LightningDataModule):
 
     # --- real data ------------------------------------------------------------------------------
 
-    def collect(self, steps: int) -> None:
-        """Take ``steps`` real environment steps with the agent's exploration policy."""
+    def collect(self, transitions: int) -> None:
+        """Take ``transitions`` real transitions (``action_repeat`` env steps each) with the exploration policy."""
         if self._collector_iter is None:
             module = self.trainer.lightning_module
+            random_transitions = max(self.random_steps - self.env_steps, 0) // self.action_repeat
             self._collector, self._episodes = make_collector(
-                self.env, module.policy, self.real_buffer, self.random_steps - self.env_steps, module.device
+                self.env, module.policy, self.real_buffer, random_transitions, module.device
             )
             self._collector_iter = iter(self._collector)
-        for _ in range(steps):
+        for _ in range(transitions):
             next(self._collector_iter)
-        self.env_steps += steps
+        self.env_steps += transitions * self.action_repeat
 
     @property
     def epoch_end(self) -> int:
@@ -176,8 +195,8 @@ class RLDataModule(LightningDataModule):
         """The initial uniform-random exploration, once per run."""
         remaining = self.random_steps - self.env_steps
         if remaining > 0:
-            rank_zero_info(f"Collecting {remaining} random exploration steps in {self.env_name}.")
-            self.collect(remaining)
+            rank_zero_info(f"Collecting {remaining} random exploration env steps in {self.env_name}.")
+            self.collect(-(-remaining // self.action_repeat))
 
     def pop_episode_returns(self) -> list[float]:
         """Returns of the real episodes finished since the last call."""
@@ -216,7 +235,7 @@ class RLDataModule(LightningDataModule):
 
 
 class TrainingStream:
-    """The training "dataloader": one real step, then ``updates_per_step`` batches, for one epoch.
+    """The training "dataloader": one real transition, then ``updates_per_step`` batches, for one epoch.
 
     The epoch runs until ``data.epoch_end`` env steps, so an epoch resumed from a mid-epoch
     checkpoint (Ctrl+C) takes only its remaining steps.
@@ -226,12 +245,12 @@ class TrainingStream:
         self.data = data
 
     def __len__(self) -> int:
-        return self.data.epoch_length * self.data.updates_per_step
+        return self.data.epoch_length // self.data.action_repeat * self.data.updates_per_step
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data
         data.explore()
-        for _ in range(max(data.epoch_end - data.env_steps, 0)):
+        for _ in range(-(-max(data.epoch_end - data.env_steps, 0) // data.action_repeat)):
             data.collect(1)
             for _ in range(data.updates_per_step):
                 yield data.sample_batch()

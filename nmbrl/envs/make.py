@@ -70,27 +70,33 @@ def check_env_name(name: str) -> None:
     raise ConfigError(f"env={name!r} is not a known environment. {NAMING_HELP}")
 
 
-def make_env(name: str, seed: int, device: torch.device | str = "cpu", render_size: int | None = None) -> EnvBase:
+def make_env(
+    name: str, seed: int, device: torch.device | str = "cpu", render_size: int | None = None, action_repeat: int = 1
+) -> EnvBase:
     """Build the TorchRL environment ``name``, seeded with ``seed``.
 
+    With ``action_repeat`` k, one step of the returned environment applies its action for k
+    steps of the underlying one and sums their rewards; it stops early when the episode ends.
     With ``render_size``, each step also renders a ``render_size`` square RGB frame under ``"pixels"``
     (headless: ``MUJOCO_GL`` defaults to ``osmesa``, see ``nmbrl.envs``).
     """
     pixels = {} if render_size is None else {"from_pixels": True, "pixels_only": False}
     if is_gym_id(name):
         size = {} if render_size is None else {"width": render_size, "height": render_size}
-        env = TransformedEnv(GymEnv(name, device=device, **pixels, **size))
+        env = TransformedEnv(GymEnv(name, device=device, frame_skip=action_repeat, **pixels, **size))
     else:
         domain, task = name.split("-", 1)
         if render_size is None:
-            env = DMControlEnv(domain, task, device=device)
+            env = DMControlEnv(domain, task, device=device, frame_skip=action_repeat)
         else:
             # DMControlEnv(domain, task) sends render_kwargs to the task as a task kwarg (TorchRL
             # 0.14); wrapping a loaded suite env passes them to the renderer.
             from dm_control import suite
 
             size = {"width": render_size, "height": render_size}
-            env = DMControlWrapper(suite.load(domain, task), device=device, render_kwargs=size, **pixels)
+            env = DMControlWrapper(
+                suite.load(domain, task), device=device, render_kwargs=size, frame_skip=action_repeat, **pixels
+            )
         obs_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
         env = TransformedEnv(env, CatTensors(obs_keys, out_key="observation", del_keys=True))
     env.append_transform(DoubleToFloat())

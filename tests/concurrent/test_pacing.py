@@ -25,8 +25,8 @@ def test_an_unpaced_collector_never_waits():
 
 
 def test_agent_and_collector_never_wait_for_each_other_at_once():
-    for max_lead, updates_per_step in itertools.product((0, 1, 7), (1, 3)):
-        pacing = Pacing(random_steps=5, updates_per_step=updates_per_step, max_lead=max_lead)
+    for max_lead, updates_per_step, action_repeat in itertools.product((0, 1, 7), (1, 3), (1, 4)):
+        pacing = Pacing(random_steps=8, updates_per_step=updates_per_step, max_lead=max_lead, action_repeat=action_repeat)
         for env_steps, updates in itertools.product(range(40), range(60)):
             agent_waits = env_steps < pacing.env_steps_needed(updates)
             assert not (agent_waits and not pacing.collector_may_step(env_steps, updates))

@@ -40,6 +40,7 @@ def make_collector_role(max_lead: int | None, random_steps: int = 0):
     counters = {name: CONTEXT.Value("q", 0) for name in ("env_steps", "agent_updates", "policy_version")}
     role = CollectorRole(
         env_name=ENV,
+        action_repeat=1,
         seed=0,
         actor=actor,
         policy=policy,
