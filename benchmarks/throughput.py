@@ -189,6 +189,7 @@ def lightning_loop_rate(run: Run, warmup: int = 20) -> float:
     timer = LoopTimer(warmup)
     run.cli.trainer.callbacks.append(timer)
     run.data.random_steps = 0
+    run.data.env_steps = 0  # an epoch runs up to data.epoch_end env steps: start it from zero
     run.cli.trainer.fit(run.agent, datamodule=run.data)
     return timer.batches / (timer.end - timer.start)
 
