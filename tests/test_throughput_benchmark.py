@@ -41,3 +41,13 @@ def test_synthetic_transitions_have_the_keys_and_dtypes_of_real_ones():
     assert data.shape == (7,) and data["action"].shape == (7, 2) and data["next", "observation"].shape == (7, 5)
     assert data["next", "done"].dtype == data["next", "terminated"].dtype == throughput.torch.bool
     assert data["action"].abs().max() <= 1
+
+
+def test_the_timed_lightning_loop_runs_updates_after_the_buffers_were_filled(tmp_path):
+    # measure() sets env_steps to the filled buffer's size before timing the loop last; the loop
+    # must still run its updates (it once timed zero batches and divided by zero).
+    run = throughput.build_run(str(ROOT / "configs" / "mbpo.yaml"), updates=30, threads=1, extra=[], root=str(tmp_path))
+    run.data.env_steps = 5000
+    rate = throughput.lightning_loop_rate(run, warmup=5)
+    assert rate > 0
+    assert run.cli.trainer.global_step == 30
