@@ -47,7 +47,7 @@ def test_the_timed_lightning_loop_runs_updates_after_the_buffers_were_filled(tmp
     # measure() sets env_steps to the filled buffer's size before timing the loop last; the loop
     # must still run its updates (it once timed zero batches and divided by zero).
     run = throughput.build_run(str(ROOT / "configs" / "mbpo.yaml"), updates=30, threads=1, extra=[], root=str(tmp_path))
-    run.data.env_steps = 5000
+    run.data.env_steps = 10**6  # past the end of every epoch of the config
     rate = throughput.lightning_loop_rate(run, warmup=5)
     assert rate > 0
     assert run.cli.trainer.global_step == 30
