@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
@@ -15,9 +15,6 @@ from nmbrl.evaluation import evaluate_policy, run_episode
 from nmbrl.plots import plot_eval_returns
 from nmbrl.tracking import log_now, run_dir
 from nmbrl.video import write_video
-
-if TYPE_CHECKING:
-    from nmbrl.data import RLDataModule
 
 
 class Evaluation(Callback):
@@ -70,7 +67,7 @@ class Evaluation(Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
         data = trainer.datamodule
-        returns = evaluate_policy(data.eval_env, pl_module.policy, self.episodes, self.max_transitions(data))
+        returns = evaluate_policy(data.eval_env, pl_module.policy, self.episodes, data.transitions(self.max_episode_steps))
         mean, std = float(returns.mean()), float(returns.std(unbiased=False))
         self.history.append((data.env_steps, mean))
         log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std})
@@ -104,16 +101,12 @@ class Evaluation(Callback):
         data = trainer.datamodule
         env = make_env(data.env_name, seed=data.eval_seed, render_size=self.video_size, action_repeat=data.action_repeat)
         try:
-            episode = run_episode(env, pl_module.policy, self.max_transitions(data))
+            episode = run_episode(env, pl_module.policy, data.transitions(self.max_episode_steps))
         finally:
             env.close()
         ret = float(episode["next", "reward"].sum())
         name = f"episode-{data.env_steps}steps-return{ret:.0f}.{self.video}"
         return write_video(episode["pixels"], folder / name, fps=self.video_fps)
-
-    def max_transitions(self, data: RLDataModule) -> int:
-        """``max_episode_steps`` counts env steps; an episode takes ``action_repeat`` of them per transition."""
-        return -(-self.max_episode_steps // data.action_repeat)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

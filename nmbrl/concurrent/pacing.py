@@ -89,7 +89,7 @@ class PacedStream:
         self.collection = collection
 
     def __len__(self) -> int:
-        return self.data.epoch_length // self.data.action_repeat * self.data.updates_per_step
+        return self.data.updates_per_epoch
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data, collection, trainer = self.data, self.collection, self.data.trainer

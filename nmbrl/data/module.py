@@ -118,6 +118,14 @@ class RLDataModule(LightningDataModule):
     def rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def transitions(self, env_steps: int) -> int:
+        """Real transitions it takes to cover ``env_steps`` env steps (``action_repeat`` each, rounded up)."""
+        return -(-env_steps // self.action_repeat)
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return self.transitions(self.epoch_length) * self.updates_per_step
+
     @property
     def specs(self) -> EnvSpecs:
         return env_specs(self.env)
@@ -176,7 +184,7 @@ class RLDataModule(LightningDataModule):
         """Take ``transitions`` real transitions (``action_repeat`` env steps each) with the exploration policy."""
         if self._collector_iter is None:
             module = self.trainer.lightning_module
-            random_transitions = max(self.random_steps - self.env_steps, 0) // self.action_repeat
+            random_transitions = self.transitions(max(self.random_steps - self.env_steps, 0))
             self._collector, self._episodes = make_collector(
                 self.env, module.policy, self.real_buffer, random_transitions, module.device
             )
@@ -196,7 +204,7 @@ class RLDataModule(LightningDataModule):
         remaining = self.random_steps - self.env_steps
         if remaining > 0:
             rank_zero_info(f"Collecting {remaining} random exploration env steps in {self.env_name}.")
-            self.collect(-(-remaining // self.action_repeat))
+            self.collect(self.transitions(remaining))
 
     def pop_episode_returns(self) -> list[float]:
         """Returns of the real episodes finished since the last call."""
@@ -245,12 +253,12 @@ class TrainingStream:
         self.data = data
 
     def __len__(self) -> int:
-        return self.data.epoch_length // self.data.action_repeat * self.data.updates_per_step
+        return self.data.updates_per_epoch
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data
         data.explore()
-        for _ in range(-(-max(data.epoch_end - data.env_steps, 0) // data.action_repeat)):
+        for _ in range(data.transitions(max(data.epoch_end - data.env_steps, 0))):
             data.collect(1)
             for _ in range(data.updates_per_step):
                 yield data.sample_batch()

@@ -64,3 +64,9 @@ def test_pacing_waits_for_whole_transitions():
     pacing = Pacing(random_steps=100, updates_per_step=5, max_lead=0, action_repeat=4)
     assert [pacing.env_steps_needed(u) for u in (0, 4, 5, 10)] == [104, 104, 108, 112]
     assert pacing.update_ratio(env_steps=120, updates=25) == 5.0
+
+
+def test_env_steps_convert_to_transitions_rounding_up():
+    data = RLDataModule(env="cartpole-swingup", random_steps=0, epoch_length=1000, updates_per_step=3, action_repeat=8)
+    assert [data.transitions(n) for n in (0, 1, 8, 1000, 1001)] == [0, 1, 1, 125, 126]
+    assert data.updates_per_epoch == 125 * 3
