@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import Any
+from typing import Any, Literal, Union
 
 import torch
 from jsonargparse import Namespace
@@ -12,6 +13,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_info
 from mlflow import MlflowClient
 
 from callbacks import BranchedRollouts, CollectorProcess, Evaluation, RunLifecycle, WorldModelTraining
@@ -25,10 +27,16 @@ from nmbrl.preflight import check_tracking_uri, check_writable_folder
 from nmbrl.tracking import SaveConfigToRun
 
 TORCH_THREADS_HELP = (
-    "Intra-op threads of torch. The networks are small, and whenever another job shares the cores, threads "
-    "that wait on each other made SAC updates 3.5 times and world-model training 9 times slower than one "
-    "thread. On a machine of its own, compare with benchmarks/throughput.py --threads 1 and --threads 2."
+    "Intra-op threads of torch, or 'auto' (the default): the idle cores (cores this process may use, less the "
+    "1-minute load average and the threads of concurrent mode's roles), shared out between training processes, "
+    "at most 2 each. On the idle 2-core machine benchmarks/throughput.py projects the default job 20-25% faster "
+    "with 2 threads than with 1; but whenever another job shares the cores, threads that wait on each other made "
+    "SAC updates 3.5 times and world-model training 9 times slower than one thread. Pass 1 when you run several "
+    "jobs side by side."
 )
+# 'auto' uses at most this many threads: the only counts measured (benchmarks/RESULTS.md), and the
+# networks are small enough that more threads would mostly wait on each other.
+AUTO_THREADS_CAP = 2
 
 OPTIONAL_CALLBACKS = {
     "model_training": WorldModelTraining,
@@ -64,7 +72,7 @@ class NMBRLCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--torch_threads", type=int, default=1, help=TORCH_THREADS_HELP)
+        parser.add_argument("--torch_threads", type=Union[int, Literal["auto"]], default="auto", help=TORCH_THREADS_HELP)
         parser.link_arguments("seed_everything", "data.seed")
         for key, callback in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
@@ -79,7 +87,11 @@ class NMBRLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        set_torch_threads(config.torch_threads)
+        threads = config.torch_threads
+        if threads == "auto":
+            threads = auto_torch_threads(trainer_processes(config.trainer.devices), role_threads(config))
+            rank_zero_info(f"torch_threads=auto: {threads} torch thread(s) per training process.")
+        set_torch_threads(threads)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Optional callback groups left out of the config come as None.
@@ -173,6 +185,33 @@ def set_torch_threads(threads: int) -> None:
     if threads < 1:
         raise ConfigError(f"torch_threads={threads} must be at least 1 (the number of intra-op threads torch uses).")
     torch.set_num_threads(threads)
+
+
+def auto_torch_threads(processes: int = 1, other_threads: int = 0) -> int:
+    """Threads for each of ``processes`` training processes: the idle cores shared out, from 1 to ``AUTO_THREADS_CAP``.
+
+    Idle cores are the cores this process may run on, less the rounded 1-minute load average and
+    less ``other_threads`` that processes of this run will start (concurrent mode's roles).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    idle = cores - busy - other_threads
+    return max(1, min(AUTO_THREADS_CAP, idle // max(processes, 1)))
+
+
+def trainer_processes(devices: Any) -> int:
+    """Training processes on this machine for ``trainer.devices`` (one per device; 1 for "auto")."""
+    if isinstance(devices, (list, tuple)):
+        return max(len(devices), 1)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    return devices if isinstance(devices, int) and devices > 1 else 1
+
+
+def role_threads(config: Namespace) -> int:
+    """Torch threads of the role processes the config starts besides training (concurrent mode)."""
+    groups = (config.get(key) for key in OPTIONAL_CALLBACKS)
+    return sum(int(group.init_args.get("threads", 0)) for group in groups if isinstance(group, Namespace) and "init_args" in group)
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:

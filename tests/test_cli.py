@@ -1,11 +1,12 @@
 """The command line's own settings (the classes' settings are tested with the classes)."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from nmbrl.cli import NMBRLCLI
+from nmbrl.cli import AUTO_THREADS_CAP, NMBRLCLI, auto_torch_threads, role_threads, trainer_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,58 @@ def test_torch_threads_sets_torch_intra_op_threads(tmp_path, restore_torch_threa
     assert torch.get_num_threads() == threads
 
 
-def test_torch_threads_defaults_to_one(tmp_path, restore_torch_threads):
-    torch.set_num_threads(2)
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend to run on ``cores`` cores with a 1-minute load average of ``load``."""
+
+    def pretend(cores: int, load: float) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+
+    return pretend
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "threads"),
+    [(2, 0.1, 2), (2, 0.6, 1), (2, 1.3, 1), (2, 5.0, 1), (16, 0.0, AUTO_THREADS_CAP)],
+)
+def test_auto_threads_use_the_idle_cores_up_to_the_cap(machine, cores, load, threads):
+    machine(cores, load)
+
+    assert auto_torch_threads() == threads
+
+
+def test_auto_threads_share_the_idle_cores_between_processes(machine):
+    machine(4, 0.0)
+
+    assert auto_torch_threads(processes=4) == 1
+    assert auto_torch_threads(processes=2) == 2
+    assert auto_torch_threads(processes=1, other_threads=3) == 1
+    assert auto_torch_threads(processes=1, other_threads=2) == 2
+
+
+@pytest.mark.parametrize(("devices", "processes"), [("auto", 1), (1, 1), (2, 2), ("2", 2), ([0, 1, 2], 3), (-1, 1)])
+def test_trainer_processes_counts_one_per_device(devices, processes):
+    assert trainer_processes(devices) == processes
+
+
+def test_role_threads_count_the_concurrent_roles_threads(tmp_path):
+    sync = build_cli(tmp_path, "--torch_threads", "1")
+    concurrent = NMBRLCLI(
+        args=["--config", str(ROOT / "configs/mbpo_async.yaml"), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+              "--torch_threads", "1", "--collection.init_args.threads", "2"],
+        run=False,
+    )  # fmt: skip
+
+    assert role_threads(sync.config) == 0
+    assert role_threads(concurrent.config) == 3  # collector 2, world-model trainer 1
+
+
+@pytest.mark.parametrize(("load", "threads"), [(0.0, 2), (1.0, 1)])
+def test_torch_threads_default_to_the_idle_cores(tmp_path, restore_torch_threads, machine, load, threads):
+    machine(2, load)
+    torch.set_num_threads(3)
 
     build_cli(tmp_path)
 
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
