@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -67,10 +68,11 @@ class Evaluation(Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
             return
         data = trainer.datamodule
+        started = time.perf_counter()
         returns = evaluate_policy(data.eval_env, pl_module.policy, self.episodes, data.transitions(self.max_episode_steps))
         mean, std = float(returns.mean()), float(returns.std(unbiased=False))
         self.history.append((data.env_steps, mean))
-        log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std})
+        log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": time.perf_counter() - started})
         pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

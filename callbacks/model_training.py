@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -45,8 +46,9 @@ class WorldModelTraining(Callback):
         if env_steps < self.next_training_at:
             return
         self.next_training_at = (env_steps // self.every + 1) * self.every
+        started = time.perf_counter()
         metrics = train_world_model(trainer.strategy, self.world_model, trainer.datamodule.real_buffer[:])
-        log_now(trainer, metrics)
+        log_now(trainer, {**metrics, "time/model_training_s": time.perf_counter() - started})
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -40,6 +41,7 @@ class BranchedRollouts(Callback):
         if data.env_steps < self.next_rollout_at or not world_model.trained:
             return
         self.next_rollout_at = (data.env_steps // self.every + 1) * self.every
+        started = time.perf_counter()
         horizon = rollout_horizon(trainer.current_epoch, self.schedule)
         data.resize_model_buffer(
             model_buffer_capacity(horizon, self.batch_size, data.epoch_length, self.every, self.retain_epochs)
@@ -53,6 +55,7 @@ class BranchedRollouts(Callback):
                 "rollout/horizon": horizon,
                 "rollout/model_buffer_size": len(data.model_buffer),
                 "rollout/kept_fraction": imagined.shape[0] / (self.batch_size * horizon),
+                "time/rollout_s": time.perf_counter() - started,
             },
         )
 

@@ -19,8 +19,16 @@ COMMON_METRICS = {
     "eval/return_mean",
     "eval/return_std",
     "time/env_steps_per_s",
+    "time/eval_s",
 }
-MODEL_METRICS = {"model/train_nll", "model/holdout_mse", "rollout/horizon", "rollout/model_buffer_size"}
+MODEL_METRICS = {
+    "model/train_nll",
+    "model/holdout_mse",
+    "rollout/horizon",
+    "rollout/model_buffer_size",
+    "time/model_training_s",
+    "time/rollout_s",
+}
 
 
 def check_run(store: Path, expected_metrics: set[str], absent_metrics: set[str] = frozenset()) -> mlflow.entities.Run:
