@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from typing import Any, Literal, Union
 
 import torch
@@ -27,8 +28,8 @@ from nmbrl.preflight import check_tracking_uri, check_writable_folder
 from nmbrl.tracking import SaveConfigToRun
 
 TORCH_THREADS_HELP = (
-    "Intra-op threads of torch, or 'auto' (the default): the idle cores (cores this process may use, less the "
-    "1-minute load average and the threads of concurrent mode's roles), shared out between training processes, "
+    "Intra-op threads of torch, or 'auto' (the default): the idle cores (cores this process may use, less those "
+    "busy at start and the threads of concurrent mode's roles), shared out between training processes, "
     "at most 2 each. On the idle 2-core machine benchmarks/throughput.py projects the default job 20-25% faster "
     "with 2 threads than with 1; but whenever another job shares the cores, threads that wait on each other made "
     "SAC updates 3.5 times and world-model training 9 times slower than one thread. Pass 1 when you run several "
@@ -190,13 +191,36 @@ def set_torch_threads(threads: int) -> None:
 def auto_torch_threads(processes: int = 1, other_threads: int = 0) -> int:
     """Threads for each of ``processes`` training processes: the idle cores shared out, from 1 to ``AUTO_THREADS_CAP``.
 
-    Idle cores are the cores this process may run on, less the rounded 1-minute load average and
-    less ``other_threads`` that processes of this run will start (concurrent mode's roles).
+    Idle cores are the cores this process may run on, less those busy right now (``busy_cores``)
+    and less ``other_threads`` that processes of this run will start (concurrent mode's roles).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    idle = cores - busy - other_threads
+    idle = cores - round(busy_cores()) - other_threads
     return max(1, min(AUTO_THREADS_CAP, idle // max(processes, 1)))
+
+
+def busy_cores(window_s: float = 0.3) -> float:
+    """Cores the machine keeps busy now: its non-idle CPU time over ``window_s`` (Linux ``/proc/stat``).
+
+    Not the load average, which still counts work that just ended (``bash setup.sh`` before the
+    README's first command). Elsewhere the 1-minute load average stands in.
+    """
+    try:
+        before = cpu_times()
+        time.sleep(window_s)
+        after = cpu_times()
+    except OSError:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent)
+    idle = spent[3] + spent[4]  # idle, iowait
+    return (os.cpu_count() or 1) * (total - idle) / total if total else 0.0
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time by state (user, nice, system, idle, iowait, irq, softirq, steal), in ticks."""
+    with open("/proc/stat") as stat:
+        return [int(ticks) for ticks in stat.readline().split()[1:9]]
 
 
 def trainer_processes(devices: Any) -> int:

@@ -1,11 +1,15 @@
 """The command line's own settings (the classes' settings are tested with the classes)."""
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from nmbrl import cli
 from nmbrl.cli import AUTO_THREADS_CAP, NMBRLCLI, auto_torch_threads, role_threads, trainer_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +39,11 @@ def test_torch_threads_sets_torch_intra_op_threads(tmp_path, restore_torch_threa
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Pretend to run on ``cores`` cores with a 1-minute load average of ``load``."""
+    """Pretend to run on ``cores`` cores of which ``load`` are busy."""
 
     def pretend(cores: int, load: float) -> None:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+        monkeypatch.setattr(cli, "busy_cores", lambda: load)
 
     return pretend
 
@@ -61,6 +65,35 @@ def test_auto_threads_share_the_idle_cores_between_processes(machine):
     assert auto_torch_threads(processes=2) == 2
     assert auto_torch_threads(processes=1, other_threads=3) == 1
     assert auto_torch_threads(processes=1, other_threads=2) == 2
+
+
+def test_busy_cores_is_the_non_idle_share_of_the_cpu_time(monkeypatch):
+    # user nice system idle iowait irq softirq steal, in ticks: 300 of 400 ticks idle or iowait
+    snapshots = iter([[0] * 8, [60, 0, 30, 250, 50, 5, 5, 0]])
+    monkeypatch.setattr(cli, "cpu_times", lambda: next(snapshots))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+
+    assert cli.busy_cores(window_s=0) == pytest.approx(1.0)
+
+
+def test_busy_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    def missing():
+        raise FileNotFoundError("/proc/stat")
+
+    monkeypatch.setattr(cli, "cpu_times", missing)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))
+
+    assert cli.busy_cores(window_s=0) == 1.7
+
+
+def test_busy_cores_sees_a_spinning_process():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert cli.busy_cores(window_s=0.5) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 @pytest.mark.parametrize(("devices", "processes"), [("auto", 1), (1, 1), (2, 2), ("2", 2), ([0, 1, 2], 3), (-1, 1)])
