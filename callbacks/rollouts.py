@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from callbacks.model_training import world_model_of
 from nmbrl.data import model_buffer_capacity
-from nmbrl.errors import check_at_least_one
+from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.rollouts import branched_rollout, check_rollout_schedule, rollout_horizon
 from nmbrl.tracking import log_now
 
@@ -25,11 +25,27 @@ class BranchedRollouts(Callback):
         batch_size: Real start states per rollout (MBPO's ``rollout_batch_size``).
         schedule: ``[epoch_start, epoch_end, min_horizon, max_horizon]``: the horizon grows linearly between the two epochs.
         retain_epochs: Epochs of imagined data the model buffer holds.
+        drop_uncertain: Fraction of imagined steps, those the model is least certain of, left out
+            of the model buffer together with the rest of their rollout. 0 keeps all, as in MBPO.
+            A few percent stops the policy from exploiting the model where it is wrong, for example
+            at contacts it cannot resolve (see ``nmbrl.rollouts.confident_mask``).
     """
 
-    def __init__(self, every: int = 250, batch_size: int = 100_000, schedule: list[int] = [20, 100, 1, 1], retain_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        every: int = 250,
+        batch_size: int = 100_000,
+        schedule: list[int] = [20, 100, 1, 1],
+        retain_epochs: int = 1,
+        drop_uncertain: float = 0.0,
+    ) -> None:
         check_rollout_schedule(schedule)
         check_at_least_one(every=every, batch_size=batch_size, retain_epochs=retain_epochs)
+        if not 0.0 <= drop_uncertain < 1.0:
+            raise ConfigError(
+                f"drop_uncertain={drop_uncertain} must lie in [0, 1): it is the fraction of imagined steps left out."
+            )
+        self.drop_uncertain = drop_uncertain
         self.every = every
         self.batch_size = batch_size
         self.schedule = schedule
@@ -47,7 +63,7 @@ class BranchedRollouts(Callback):
             model_buffer_capacity(horizon, self.batch_size, data.epoch_length, self.every, self.retain_epochs)
         )
         start = data.real_buffer.sample(self.batch_size)
-        imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon)
+        imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon, self.drop_uncertain)
         data.model_buffer.extend(imagined.cpu())
         log_now(
             trainer,

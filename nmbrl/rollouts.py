@@ -49,17 +49,39 @@ def alive_mask(terminated: Tensor) -> Tensor:
     return earlier_terminations == 0
 
 
+def confident_mask(uncertainty: Tensor, alive: Tensor, drop_fraction: float) -> Tensor:
+    """Which transitions of ``N x T`` rollouts come before the model's least certain steps.
+
+    The ``drop_fraction`` of ``alive`` steps with the highest ``uncertainty`` are dropped, and so
+    is everything after them in their rollout: they start from a state the model made up. With
+    ``drop_fraction=0`` every step is kept.
+    """
+    uncertainty = uncertainty.reshape(alive.shape)
+    if drop_fraction == 0 or not alive.any():
+        return torch.ones_like(alive)
+    alive_values = uncertainty[alive]
+    keep_count = int(round(alive_values.numel() * (1.0 - drop_fraction)))
+    if keep_count == 0:
+        return torch.zeros_like(alive)
+    threshold = alive_values.kthvalue(keep_count).values
+    doubtful = ((uncertainty > threshold) & alive).long()
+    return doubtful.cumsum(dim=1) == 0
+
+
 def branched_rollout(
     world_model: EnsembleWorldModel,
     real_env: EnvBase,
     policy: Callable[[TensorDictBase], TensorDictBase],
     start: TensorDictBase,
     horizon: int,
+    drop_uncertain: float = 0.0,
 ) -> TensorDictBase:
     """Roll ``horizon`` imagined steps from each start state with the stochastic policy.
 
     Returns the flat batch of imagined transitions that precede a predicted termination, with
-    the same keys as real transitions.
+    the same keys as real transitions. With ``drop_uncertain`` > 0, that fraction of the steps on
+    which the model is least certain is left out too, with what follows them (``confident_mask``):
+    the policy cannot learn to seek the states where the model is wrong in its favour.
     """
     env = ImaginedEnv(world_model, real_env, batch_size=start.shape[0])
     start = TensorDict({"observation": start["observation"]}, batch_size=start.shape[:1], device=env.device)
@@ -70,5 +92,6 @@ def branched_rollout(
             horizon, policy, auto_reset=False, tensordict=env.reset(start), break_when_any_done=False, return_contiguous=True
         )
     rollout = rollout.reshape(start.shape[0], horizon)
-    keep = alive_mask(rollout["next", "terminated"])
+    alive = alive_mask(rollout["next", "terminated"])
+    keep = alive & confident_mask(rollout["next", "model_uncertainty"], alive, drop_uncertain)
     return select_transitions(rollout[keep])

@@ -12,7 +12,8 @@ from nmbrl.data import TRANSITION_KEYS, make_replay_buffer
 from nmbrl.envs import env_specs, make_env
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
-from nmbrl.rollouts import alive_mask, branched_rollout, check_rollout_schedule, rollout_horizon
+from callbacks import BranchedRollouts
+from nmbrl.rollouts import alive_mask, branched_rollout, check_rollout_schedule, confident_mask, rollout_horizon
 from nmbrl.world_model import EnsembleWorldModel
 
 ENV = "InvertedPendulum-v5"
@@ -85,6 +86,43 @@ def test_alive_mask_drops_steps_after_repeated_terminations():
     assert alive_mask(terminated).tolist() == [[True, True, False, False, False]]
 
 
+# --- confident mask ---------------------------------------------------------------------------
+
+
+def test_confident_mask_drops_the_least_certain_steps_and_what_follows_them():
+    uncertainty = torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.2, 0.1, 0.3, 0.8], [0.1, 0.2, 0.3, 0.4]])
+    alive = torch.ones(3, 4, dtype=torch.bool)
+
+    mask = confident_mask(uncertainty, alive, drop_fraction=2 / 12)
+
+    # 0.9 and 0.8 are the two least certain of 12 steps.
+    expected = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_confident_mask_keeps_everything_when_dropping_nothing():
+    uncertainty = torch.rand(5, 3, 1)
+
+    assert confident_mask(uncertainty, torch.ones(5, 3, dtype=torch.bool), 0.0).all()
+
+
+def test_confident_mask_ranks_only_the_steps_before_termination():
+    # The step after a termination is masked out anyway; its huge uncertainty must not lift the
+    # threshold, or the least certain live step would survive.
+    uncertainty = torch.tensor([[0.1, 100.0], [0.5, 0.2]])
+    alive = torch.tensor([[True, False], [True, True]])
+
+    mask = confident_mask(uncertainty, alive, drop_fraction=1 / 3)
+
+    assert mask.tolist() == [[True, True], [False, False]]
+
+
+@pytest.mark.parametrize("drop_uncertain", [-0.1, 1.0, 1.5])
+def test_bad_drop_fractions_are_config_errors(drop_uncertain):
+    with pytest.raises(ConfigError, match=f"drop_uncertain={drop_uncertain} must lie in \\[0, 1\\)"):
+        BranchedRollouts(drop_uncertain=drop_uncertain)
+
+
 # --- branched rollouts on InvertedPendulum ----------------------------------------------------
 
 
@@ -113,18 +151,26 @@ def pendulum() -> SimpleNamespace:
     )
 
 
-def record_terminations(monkeypatch, world_model: EnsembleWorldModel) -> list[torch.Tensor]:
-    """Spy on ``imagine_step``: the terminated flags (``N x 1``) of every imagined step, in order."""
-    flags = []
+def record_output(monkeypatch, world_model: EnsembleWorldModel, index: int) -> list[torch.Tensor]:
+    """Spy on ``imagine_step``: its ``index``-th output (``N x 1``) at every imagined step, in order."""
+    outputs = []
     imagine_step = world_model.imagine_step
 
     def recorded(observation, action):
-        next_observation, reward, terminated = imagine_step(observation, action)
-        flags.append(terminated.clone())
-        return next_observation, reward, terminated
+        step = imagine_step(observation, action)
+        outputs.append(step[index].clone())
+        return step
 
     monkeypatch.setattr(world_model, "imagine_step", recorded)
-    return flags
+    return outputs
+
+
+def record_terminations(monkeypatch, world_model: EnsembleWorldModel) -> list[torch.Tensor]:
+    return record_output(monkeypatch, world_model, index=2)
+
+
+def record_uncertainties(monkeypatch, world_model: EnsembleWorldModel) -> list[torch.Tensor]:
+    return record_output(monkeypatch, world_model, index=3)
 
 
 def zero_action(tensordict: TensorDictBase) -> TensorDictBase:
@@ -224,3 +270,19 @@ def test_imagined_transitions_come_dense_and_in_trajectory_order(pendulum, monke
     for first_state, trajectory in zip(start["observation"], trajectories):
         torch.testing.assert_close(trajectory["observation"][0], first_state)
         torch.testing.assert_close(trajectory["observation"][1:], trajectory["next", "observation"][:-1])
+
+
+def test_rollouts_leave_out_the_steps_the_model_is_least_sure_of(pendulum, monkeypatch):
+    torch.manual_seed(6)
+    uncertainties = record_uncertainties(monkeypatch, pendulum.world_model)
+    start = pendulum.buffer.sample(START_STATES)
+
+    imagined = branched_rollout(pendulum.world_model, pendulum.env, zero_action, start, horizon=1, drop_uncertain=0.25)
+
+    # Horizon 1 (nothing follows a step): exactly the 16 least certain of 64 steps are gone, and
+    # the kept rows are the start states of the other 48, in order.
+    (uncertainty,) = uncertainties
+    kept = uncertainty.squeeze(-1) <= uncertainty.squeeze(-1).kthvalue(48).values
+    assert imagined.shape[0] == int(kept.sum()) == 48
+    torch.testing.assert_close(imagined["observation"], start["observation"][kept])
+

@@ -6,7 +6,7 @@ import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
-from torchrl.data import Composite
+from torchrl.data import Composite, Unbounded
 from torchrl.envs import EnvBase
 from torchrl.envs.model_based import ModelBasedEnvBase
 
@@ -20,13 +20,17 @@ class _ImagineStep(nn.Module):
         super().__init__()
         self.world_model = world_model
 
-    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        next_observation, reward, terminated = self.world_model.imagine_step(observation, action)
-        return next_observation, reward, terminated, terminated.clone()  # imagined episodes only end by termination
+    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        next_observation, reward, terminated, uncertainty = self.world_model.imagine_step(observation, action)
+        # Imagined episodes only end by termination.
+        return next_observation, uncertainty, reward, terminated, terminated.clone()
 
 
 class ImaginedEnv(ModelBasedEnvBase):
     """A batch of ``batch_size`` imagined environments stepped by the ensemble.
+
+    Besides the real environment's keys, each step reports the model's uncertainty about it under
+    ``("next", "model_uncertainty")`` (see ``EnsembleWorldModel.imagine_step``).
 
     Start states are given to ``rollout(..., auto_reset=False, tensordict=start)``. Terminated
     rows are not reset: the caller masks out what follows a predicted termination.
@@ -36,12 +40,16 @@ class ImaginedEnv(ModelBasedEnvBase):
         module = TensorDictModule(
             _ImagineStep(world_model),
             in_keys=["observation", "action"],
-            out_keys=["observation", "reward", "terminated", "done"],
+            out_keys=["observation", "model_uncertainty", "reward", "terminated", "done"],
         )
         super().__init__(module, device=world_model.device, batch_size=torch.Size([batch_size]))
         shape = self.batch_size
         obs_spec = real_env.observation_spec["observation"]
-        self.observation_spec = Composite(observation=obs_spec.expand(*shape, *obs_spec.shape), shape=shape).to(self.device)
+        self.observation_spec = Composite(
+            observation=obs_spec.expand(*shape, *obs_spec.shape),
+            model_uncertainty=Unbounded(shape=(*shape, 1), dtype=obs_spec.dtype),
+            shape=shape,
+        ).to(self.device)
         self.action_spec = real_env.action_spec.expand(*shape, *real_env.action_spec.shape).clone().to(self.device)
         self.reward_spec = real_env.reward_spec.expand(*shape, *real_env.reward_spec.shape).clone().to(self.device)
         done = real_env.full_done_spec["done"]
@@ -51,6 +59,7 @@ class ImaginedEnv(ModelBasedEnvBase):
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         out = tensordict.select("observation").clone()
+        out.set("model_uncertainty", torch.zeros(*self.batch_size, 1, device=self.device))
         out.set("done", torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device))
         out.set("terminated", torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device))
         return out

@@ -239,12 +239,15 @@ class EnsembleWorldModel(LightningModule):
     # --- imagination --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def imagine_step(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def imagine_step(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sample one step for each row of ``observation`` (``N x D``) with a random elite each.
 
         Rows are dealt out to the elites in a random balanced order, so each elite runs only on
         its share of the batch: one batched matmul per layer, no loop over members.
-        Returns next observation (``N x D``), reward (``N x 1``) and terminated (``N x 1``).
+        Returns next observation (``N x D``), reward (``N x 1``), terminated (``N x 1``) and the
+        model's uncertainty (``N x 1``): the predicted standard deviation of the sampling elite,
+        averaged over the normalised targets. It is high where the model fits the real data
+        badly, such as contacts it cannot resolve; it costs nothing extra to compute.
         """
         n, k = observation.shape[0], len(self.elites)
         per_elite = math.ceil(n / k)
@@ -252,10 +255,13 @@ class EnsembleWorldModel(LightningModule):
         perm = perm[torch.arange(per_elite * k, device=perm.device) % n]  # pad by cycling
         x = self.input_norm.normalize(torch.cat([observation, action], dim=-1))[perm].view(k, per_elite, -1)
         mean, logvar, logit = self.network(x, members=self.elites)
-        sample = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        std = torch.exp(0.5 * logvar)
+        sample = mean + torch.randn_like(mean) * std
         sample = self.target_norm.denormalize(sample.reshape(k * per_elite, -1)[:n])
         out = torch.empty_like(sample)
         out[perm[:n]] = sample
+        uncertainty = torch.empty(n, 1, device=observation.device)
+        uncertainty[perm[:n]] = std.mean(dim=-1).reshape(k * per_elite, 1)[:n]
         reward, next_observation = out[:, :1], observation + out[:, 1:]
         if self.termination_rule is not None:
             terminated = self.termination_rule(next_observation)
@@ -263,4 +269,4 @@ class EnsembleWorldModel(LightningModule):
             flat_logit = logit.reshape(k * per_elite, 1)[:n]
             terminated = torch.empty_like(flat_logit, dtype=torch.bool)
             terminated[perm[:n]] = flat_logit > 0
-        return next_observation, reward, terminated
+        return next_observation, reward, terminated, uncertainty

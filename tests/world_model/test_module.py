@@ -147,7 +147,7 @@ def test_imagined_next_observation_is_close_to_the_truth(fitted, system):
     fresh = system.transitions(500, seed=2)
     torch.manual_seed(0)
 
-    next_obs, reward, terminated = model.imagine_step(fresh["observation"], fresh["action"])
+    next_obs, reward, terminated, _ = model.imagine_step(fresh["observation"], fresh["action"])
 
     true_next, true_reward = fresh["next", "observation"], fresh["next", "reward"]
     delta_variance = (true_next - fresh["observation"]).var(0).mean()
@@ -157,13 +157,35 @@ def test_imagined_next_observation_is_close_to_the_truth(fitted, system):
     assert terminated.shape == (500, 1) and not terminated.any()
 
 
+def test_imagined_steps_are_uncertain_where_the_system_is_unpredictable(system):
+    # Like a contact the model cannot resolve: where obs[0] > 1 the next observation jumps at random.
+    def with_jumps(data: TensorDict, seed: int) -> TensorDict:
+        generator = torch.Generator().manual_seed(seed)
+        jumps = (data["observation"][:, :1] > 1.0) * torch.randn(data.shape[0], OBS_DIM, generator=generator)
+        data["next", "observation"] += jumps
+        return data
+
+    model = make_model()
+    model.build(SPECS, termination_rule=never_terminates)
+    torch.manual_seed(0)
+    model.fit_transitions(without_terminations(with_jumps(system.transitions(3000, seed=1), seed=1)))
+
+    fresh = system.transitions(2000, seed=2)
+    _, _, _, uncertainty = model.imagine_step(fresh["observation"], fresh["action"])
+
+    jumpy = fresh["observation"][:, 0] > 1.0
+    assert 0.1 < jumpy.float().mean() < 0.25
+    # Most jumpy steps are less certain than most calm ones (the border at obs[0] = 1 is blurred).
+    assert uncertainty[jumpy].quantile(0.25) > uncertainty[~jumpy].quantile(0.75)
+
+
 def test_imagine_step_accepts_fewer_rows_than_elites():
     model = make_model(ensemble_size=7, num_elites=5)
     model.build(SPECS, termination_rule=never_terminates)
 
-    next_obs, reward, terminated = model.imagine_step(torch.randn(2, OBS_DIM), torch.zeros(2, ACTION_DIM))
+    next_obs, reward, terminated, uncertainty = model.imagine_step(torch.randn(2, OBS_DIM), torch.zeros(2, ACTION_DIM))
 
-    assert next_obs.shape == (2, OBS_DIM)
+    assert next_obs.shape == (2, OBS_DIM) and uncertainty.shape == (2, 1)
 
 
 # --- elites -----------------------------------------------------------------------------------
@@ -224,7 +246,7 @@ def test_termination_head_learns_the_termination_rule(system):
 
     assert model.network.termination_head and model.termination_rule is None
     fresh = system.transitions(1000, seed=5)
-    _, _, terminated = model.imagine_step(fresh["observation"], fresh["action"])
+    _, _, terminated, _ = model.imagine_step(fresh["observation"], fresh["action"])
     truth = fresh["next", "terminated"]
     assert 0.2 < truth.float().mean() < 0.8
     assert (terminated == truth).float().mean() > 0.9
