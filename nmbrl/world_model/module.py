@@ -253,20 +253,22 @@ class EnsembleWorldModel(LightningModule):
         per_elite = math.ceil(n / k)
         perm = torch.randperm(n, device=observation.device)
         perm = perm[torch.arange(per_elite * k, device=perm.device) % n]  # pad by cycling
+
+        def in_row_order(values: Tensor) -> Tensor:
+            """``k x per_elite x F`` outputs of the elites -> ``N x F`` in the rows' original order."""
+            flat = values.reshape(k * per_elite, -1)[:n]
+            out = torch.empty_like(flat)
+            out[perm[:n]] = flat
+            return out
+
         x = self.input_norm.normalize(torch.cat([observation, action], dim=-1))[perm].view(k, per_elite, -1)
         mean, logvar, logit = self.network(x, members=self.elites)
         std = torch.exp(0.5 * logvar)
-        sample = mean + torch.randn_like(mean) * std
-        sample = self.target_norm.denormalize(sample.reshape(k * per_elite, -1)[:n])
-        out = torch.empty_like(sample)
-        out[perm[:n]] = sample
-        uncertainty = torch.empty(n, 1, device=observation.device)
-        uncertainty[perm[:n]] = std.mean(dim=-1).reshape(k * per_elite, 1)[:n]
-        reward, next_observation = out[:, :1], observation + out[:, 1:]
+        sample = self.target_norm.denormalize(in_row_order(mean + torch.randn_like(mean) * std))
+        uncertainty = in_row_order(std.mean(dim=-1))
+        reward, next_observation = sample[:, :1], observation + sample[:, 1:]
         if self.termination_rule is not None:
             terminated = self.termination_rule(next_observation)
         else:
-            flat_logit = logit.reshape(k * per_elite, 1)[:n]
-            terminated = torch.empty_like(flat_logit, dtype=torch.bool)
-            terminated[perm[:n]] = flat_logit > 0
+            terminated = in_row_order(logit) > 0
         return next_observation, reward, terminated, uncertainty
