@@ -10,7 +10,7 @@ and times each phase on its own:
 - env steps/s of collection, random and with the policy;
 - seconds per world-model epoch at two real-buffer sizes (the cost is linear in between);
 - seconds per branched rollout at horizon 1 and at the schedule's longest horizon;
-- seconds per evaluation episode.
+- seconds per evaluation (the config's episodes, run side by side as in training).
 
 It prints a markdown table and projects the wall-clock of one full run of the config from the
 figures, with world-model retraining at the config's epoch cap unless ``--retrain-epochs`` says
@@ -68,7 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--imagined", type=int, default=100_000, help="imagined transitions in the model buffer")
     parser.add_argument("--collect-steps", type=int, default=300, help="env steps timed for each collection mode")
     parser.add_argument("--wm-epochs", type=int, default=2, help="world-model epochs timed at each buffer size")
-    parser.add_argument("--eval-episodes", type=int, default=1, help="evaluation episodes timed")
     parser.add_argument(
         "--retrain-epochs", type=float, default=None,
         help="world-model epochs per retraining in the projection (default: the config's cap, an upper bound)",
@@ -233,10 +232,10 @@ def rollout_seconds(run: Run, horizon: int) -> float:
     return timed(rollout)
 
 
-def evaluation_episode_seconds(run: Run, episodes: int) -> float:
+def evaluation_seconds(run: Run) -> float:
     evaluation, data = run.evaluation, run.data
-    env = make_env(data.env_name, seed=data.seed + 10_000)
-    return timed(lambda: evaluate_policy(env, run.agent.policy, episodes, evaluation.max_episode_steps)) / episodes
+    env = make_env(data.env_name, seed=data.eval_seed, num_envs=evaluation.episodes, action_repeat=data.action_repeat)
+    return timed(lambda: evaluate_policy(env, run.agent.policy, data.transitions(evaluation.max_episode_steps)))
 
 
 # --- projection -----------------------------------------------------------------------------
@@ -251,7 +250,7 @@ class Figures:
     collect_policy: float
     wm_epoch: dict[int, float]
     rollout: dict[int, float]
-    eval_episode: float
+    evaluation: float
 
 
 def interpolate(points: dict[int, float], x: float) -> float:
@@ -283,7 +282,7 @@ def project(run: Run, f: Figures, retrain_epochs: float) -> dict[str, float]:
             retrain_epochs * interpolate(f.wm_epoch, steps // data.action_repeat) for steps, _ in points
         ),
         "branched rollouts": sum(interpolate(f.rollout, rollout_horizon(epoch, schedule)) for _, epoch in points),
-        "evaluation": epochs * run.evaluation.episodes * f.eval_episode,
+        "evaluation": epochs * f.evaluation,
     }
 
 
@@ -303,7 +302,7 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
         (f"world-model retraining at the cap ({cap} epochs), {hi} real", f"{cap * f.wm_epoch[hi]:.1f} s"),
         (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_lo}", f"{f.rollout[h_lo]:.2f} s"),
         (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_hi}", f"{f.rollout[h_hi]:.2f} s"),
-        (f"evaluation ({run.evaluation.episodes} episodes of {run.evaluation.max_episode_steps} steps)", f"{run.evaluation.episodes * f.eval_episode:.1f} s"),
+        (f"evaluation ({run.evaluation.episodes} episodes of {run.evaluation.max_episode_steps} steps)", f"{f.evaluation:.1f} s"),
     ]
     print(f"\n`{args.config}`, {args.threads} torch thread(s), {args.clock} clock, load average {os.getloadavg()[0]:.2f}\n")
     print("| phase | cost |\n| --- | --- |")
@@ -330,9 +329,9 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     wm_epoch = world_model_epoch_seconds(run, [max(args.real // 4, 1000), args.real], args.wm_epochs)
     longest = max(run.rollouts.schedule[2:])
     rollout = {h: rollout_seconds(run, h) for h in sorted({1, longest if longest > 1 else 2})}
-    eval_episode = evaluation_episode_seconds(run, args.eval_episodes)
+    evaluation = evaluation_seconds(run)
     loop = lightning_loop_rate(run)  # last: fitting tears the data module down
-    return Figures(bare, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, eval_episode)
+    return Figures(bare, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation)
 
 
 def main(argv: list[str] | None = None) -> None:

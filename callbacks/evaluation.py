@@ -9,6 +9,7 @@ from typing import Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
+from torchrl.envs import EnvBase
 
 from nmbrl.envs import make_env
 from nmbrl.errors import check_at_least_one
@@ -21,7 +22,8 @@ from nmbrl.video import write_video
 class Evaluation(Callback):
     """Evaluates the deterministic policy on a separately seeded environment, on rank 0.
 
-    During ``fit``: ``episodes`` episodes every ``every_n_epochs`` epochs, logged as
+    During ``fit``: ``episodes`` episodes every ``every_n_epochs`` epochs, run side by side on a
+    batch of ``episodes`` environments (one policy call per step for all of them), logged as
     ``eval/return_mean`` and ``eval/return_std`` and kept in ``history`` (env steps, mean return);
     at the end, the curve is saved as ``eval_returns.png`` in the run folder and in MLflow.
 
@@ -61,6 +63,7 @@ class Evaluation(Callback):
         self.video_size = video_size
         self.video_fps = video_fps
         self.history: list[tuple[int, float]] = []
+        self.env: EnvBase | None = None
 
     # --- during fit ---------------------------------------------------------------------------
 
@@ -69,11 +72,18 @@ class Evaluation(Callback):
             return
         data = trainer.datamodule
         started = time.perf_counter()
-        returns = evaluate_policy(data.eval_env, pl_module.policy, self.episodes, data.transitions(self.max_episode_steps))
+        if self.env is None:
+            self.env = make_env(data.env_name, seed=data.eval_seed, action_repeat=data.action_repeat, num_envs=self.episodes)
+        returns = evaluate_policy(self.env, pl_module.policy, data.transitions(self.max_episode_steps))
         mean, std = float(returns.mean()), float(returns.std(unbiased=False))
         self.history.append((data.env_steps, mean))
         log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": time.perf_counter() - started})
         pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         logger = trainer.logger

@@ -16,8 +16,22 @@ def run_episode(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase]
         return env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
 
 
-def evaluate_policy(
-    env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], episodes: int, max_steps: int
-) -> Tensor:
-    """Undiscounted return of each of ``episodes`` episodes, acting with the policy's mean action."""
-    return torch.stack([run_episode(env, policy, max_steps)["next", "reward"].sum() for _ in range(episodes)])
+def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> Tensor:
+    """Undiscounted return of one episode (at most ``max_steps`` steps) per environment in ``env``.
+
+    A batched environment (``make_env(..., num_envs=n)``) runs its n episodes side by side, one
+    policy call per step for all of them, until the last one ends; an environment whose episode
+    has ended waits for the others and adds nothing more.
+    """
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = env.rollout(
+            max_steps, policy, break_when_any_done=False, break_when_all_done=True, auto_cast_to_device=True
+        )
+    return first_episode_returns(rollout).reshape(-1)
+
+
+def first_episode_returns(rollout: TensorDictBase) -> Tensor:
+    """Sum of each environment's rewards up to and including its first ``done`` (time is the last batch dim)."""
+    done = rollout["next", "done"].squeeze(-1).long()
+    in_first_episode = (done.cumsum(-1) - done) == 0
+    return (rollout["next", "reward"].squeeze(-1) * in_first_episode).sum(-1)

@@ -64,7 +64,7 @@ class WorldModelRole:
         metrics |= {
             "world_model/version": version,
             "world_model/updates_per_s": metrics["model/gradient_steps"] / seconds,
-            "world_model/retrain_s": seconds,
+            "time/model_training_s": seconds,  # the name synchronous MBPO logs it under
             "world_model/data_age_steps": now - env_steps,  # env steps collected while it trained
         }
         self.logger.log(metrics, now)

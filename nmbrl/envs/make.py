@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torchrl.data import TensorSpec
@@ -19,6 +20,7 @@ from torchrl.envs import (
     EnvBase,
     GymEnv,
     RewardSum,
+    SerialEnv,
     TransformedEnv,
 )
 
@@ -71,7 +73,12 @@ def check_env_name(name: str) -> None:
 
 
 def make_env(
-    name: str, seed: int, device: torch.device | str = "cpu", render_size: int | None = None, action_repeat: int = 1
+    name: str,
+    seed: int,
+    device: torch.device | str = "cpu",
+    render_size: int | None = None,
+    action_repeat: int = 1,
+    num_envs: int = 1,
 ) -> EnvBase:
     """Build the TorchRL environment ``name``, seeded with ``seed``.
 
@@ -79,30 +86,54 @@ def make_env(
     steps of the underlying one and sums their rewards; it stops early when the episode ends.
     With ``render_size``, each step also renders a ``render_size`` square RGB frame under ``"pixels"``
     (headless: ``MUJOCO_GL`` defaults to ``osmesa``, see ``nmbrl.envs``).
+    With ``num_envs`` n > 1, the environment is a batch of n copies stepped together (batch size
+    ``[n]``, seeded in turn from ``seed``), so that one policy call serves all n; the key
+    transforms run once on the whole batch.
     """
-    pixels = {} if render_size is None else {"from_pixels": True, "pixels_only": False}
-    if is_gym_id(name):
-        size = {} if render_size is None else {"width": render_size, "height": render_size}
-        env = TransformedEnv(GymEnv(name, device=device, frame_skip=action_repeat, **pixels, **size))
+    if num_envs < 1:
+        raise ConfigError(f"num_envs={num_envs} must be at least 1.")
+    if render_size is not None and num_envs > 1:
+        raise ConfigError("render_size needs num_envs=1: only a single environment renders frames.")
+    # A batch of gymnasium envs casts observations in each member: when some members have ended
+    # their episode, TorchRL 0.14's SerialEnv refills their rows from the (float32) input and fails
+    # on a float64 output. dm_control tasks all end together, so their batch casts once, outside.
+    cast_in_members = num_envs > 1 and is_gym_id(name)
+    if num_envs == 1:
+        env = base_env(name, device, render_size, action_repeat)
     else:
-        domain, task = name.split("-", 1)
-        if render_size is None:
-            env = DMControlEnv(domain, task, device=device, frame_skip=action_repeat)
-        else:
-            # DMControlEnv(domain, task) sends render_kwargs to the task as a task kwarg (TorchRL
-            # 0.14); wrapping a loaded suite env passes them to the renderer.
-            from dm_control import suite
-
-            size = {"width": render_size, "height": render_size}
-            env = DMControlWrapper(
-                suite.load(domain, task), device=device, render_kwargs=size, frame_skip=action_repeat, **pixels
-            )
+        member = float32_base_env if cast_in_members else base_env
+        env = SerialEnv(num_envs, partial(member, name, device, None, action_repeat), device=device)
+    if is_gym_id(name):
+        env = TransformedEnv(env)
+    else:
         obs_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
         env = TransformedEnv(env, CatTensors(obs_keys, out_key="observation", del_keys=True))
-    env.append_transform(DoubleToFloat())
+    if not cast_in_members:
+        env.append_transform(DoubleToFloat())
     env.append_transform(RewardSum())
     env.set_seed(seed)
     return env
+
+
+def float32_base_env(name: str, device: torch.device | str, render_size: int | None, action_repeat: int) -> EnvBase:
+    return TransformedEnv(base_env(name, device, render_size, action_repeat), DoubleToFloat())
+
+
+def base_env(name: str, device: torch.device | str, render_size: int | None, action_repeat: int) -> EnvBase:
+    """The simulator wrapped for TorchRL, before the transforms that give every task the same keys."""
+    pixels = {} if render_size is None else {"from_pixels": True, "pixels_only": False}
+    if is_gym_id(name):
+        size = {} if render_size is None else {"width": render_size, "height": render_size}
+        return GymEnv(name, device=device, frame_skip=action_repeat, **pixels, **size)
+    domain, task = name.split("-", 1)
+    if render_size is None:
+        return DMControlEnv(domain, task, device=device, frame_skip=action_repeat)
+    # DMControlEnv(domain, task) sends render_kwargs to the task as a task kwarg (TorchRL
+    # 0.14); wrapping a loaded suite env passes them to the renderer.
+    from dm_control import suite
+
+    size = {"width": render_size, "height": render_size}
+    return DMControlWrapper(suite.load(domain, task), device=device, render_kwargs=size, frame_skip=action_repeat, **pixels)
 
 
 def env_specs(env: EnvBase) -> EnvSpecs:

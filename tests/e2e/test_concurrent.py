@@ -17,7 +17,9 @@ from cli_runner import ROOT, TINY, TINY_MBPO, only_run, store_args
 ASYNC = ["fit", "--config", "configs/mbpo_async.yaml", *TINY, *TINY_MBPO, "--collection.log_every_s", "1"]
 ROLE_METRICS = {
     "collector": {"collector/env_steps_per_s", "collector/policy_version", "collector/policy_age_updates", "pacing/update_ratio"},
-    "world_model": {"world_model/updates_per_s", "world_model/version", "world_model/data_age_steps", "model/holdout_mse"},
+    "world_model": {
+        "world_model/updates_per_s", "world_model/version", "world_model/data_age_steps", "time/model_training_s", "model/holdout_mse"
+    },
     "agent": {"time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version"},
 }
 

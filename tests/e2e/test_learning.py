@@ -15,8 +15,8 @@ from nmbrl.evaluation import evaluate_policy
 
 
 def random_policy_return(episodes: int = 10) -> float:
-    env = make_env("InvertedPendulum-v5", seed=123)
-    return float(evaluate_policy(env, RandomPolicy(env.action_spec), episodes, max_steps=1000).mean())
+    env = make_env("InvertedPendulum-v5", seed=123, num_envs=episodes)
+    return float(evaluate_policy(env, RandomPolicy(env.action_spec), max_steps=1000).mean())
 
 
 @pytest.mark.slow
