@@ -46,5 +46,8 @@ def make_collector(
         policy_device=policy_device,
         env_device=env.device,
         storing_device="cpu",
+        # The policies are feed-forward: the env needs no recurrent-state transforms (TorchRL 0.14
+        # warns on every run that an InitTracker is missing, and 0.15 would add one).
+        auto_register_policy_transforms=False,
     )
     return collector, keep
