@@ -25,7 +25,14 @@ def make_actor(observation_dim: int, action_spec: TensorSpec, hidden_sizes: list
     )
 
 
-def make_critic(observation_dim: int, action_dim: int, hidden_sizes: list[int]) -> ValueOperator:
-    """A Q network: ``(observation, action) -> state_action_value``."""
-    net = MLP(observation_dim + action_dim, 1, num_cells=hidden_sizes, activation_class=nn.ReLU)
+def make_critic(observation_dim: int, action_dim: int, hidden_sizes: list[int], layer_norm: bool = False) -> ValueOperator:
+    """A Q network: ``(observation, action) -> state_action_value``.
+
+    With ``layer_norm``, each hidden layer is ``Linear -> LayerNorm -> ReLU``, which keeps the
+    critic's features bounded on states far from the data it was trained on.
+    """
+    norm = {}
+    if layer_norm:
+        norm = {"norm_class": nn.LayerNorm, "norm_kwargs": [{"normalized_shape": width} for width in hidden_sizes]}
+    net = MLP(observation_dim + action_dim, 1, num_cells=hidden_sizes, activation_class=nn.ReLU, **norm)
     return ValueOperator(net, in_keys=["observation", "action"])

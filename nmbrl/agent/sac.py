@@ -34,6 +34,7 @@ class SACAgent(LightningModule):
         tau: Polyak rate of the target critics.
         target_entropy: Entropy that alpha is tuned towards; "auto" means minus the action size.
         init_alpha: Initial entropy temperature.
+        critic_layer_norm: Put a LayerNorm after each hidden layer of the critics.
         optimizer: Optimizer over actor, critics and alpha (default: fused Adam with lr 3e-4).
         max_loss_ratio: A critic loss above this multiple of its running average counts as exploding.
         divergence_patience: Rejected updates in a row (NaN, inf or exploding losses) after which
@@ -51,6 +52,7 @@ class SACAgent(LightningModule):
         tau: float = 5e-3,
         target_entropy: float | str = "auto",
         init_alpha: float = 1.0,
+        critic_layer_norm: bool = False,
         optimizer: OptimizerCallable | None = None,
         max_loss_ratio: float = 1e4,
         divergence_patience: int = 10,
@@ -70,7 +72,7 @@ class SACAgent(LightningModule):
         """Create actor, critics, loss and target updater for an environment."""
         hp = self.hparams
         actor = make_actor(specs.observation_dim, specs.action_spec, hp.hidden_sizes)
-        critic = make_critic(specs.observation_dim, specs.action_dim, hp.hidden_sizes)
+        critic = make_critic(specs.observation_dim, specs.action_dim, hp.hidden_sizes, hp.critic_layer_norm)
         self.loss_module = SACLoss(
             actor,
             critic,

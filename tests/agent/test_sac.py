@@ -50,9 +50,10 @@ def update(agent: SACAgent, optimizer: torch.optim.Optimizer, batch: TensorDict)
     return losses["loss_qvalue"].item()
 
 
-def test_updates_on_a_fixed_batch_lower_the_critic_loss():
+@pytest.mark.parametrize("critic_layer_norm", [False, True])
+def test_updates_on_a_fixed_batch_lower_the_critic_loss(critic_layer_norm):
     torch.manual_seed(0)
-    agent = built_agent(Bounded(-1, 1, shape=(1,)))
+    agent = built_agent(Bounded(-1, 1, shape=(1,)), critic_layer_norm=critic_layer_norm)
     optimizer = agent.configure_optimizers()
     batch = random_transitions(256, action_dim=1)
     alpha_before = agent.loss_module.log_alpha.item()
@@ -62,6 +63,19 @@ def test_updates_on_a_fixed_batch_lower_the_critic_loss():
     assert sum(critic_losses[-5:]) / 5 < 0.8 * critic_losses[0]
     # The optimizer covers the temperature too: alpha is tuned, not fixed.
     assert agent.loss_module.log_alpha.item() != alpha_before
+
+
+@pytest.mark.parametrize("critic_layer_norm", [False, True])
+def test_critic_layer_norm_normalises_each_hidden_layer_of_the_critics_only(critic_layer_norm):
+    agent = built_agent(Bounded(-1, 1, shape=(1,)), critic_layer_norm=critic_layer_norm)
+    critic_norms = [m for m in agent.loss_module.qvalue_network.modules() if isinstance(m, torch.nn.LayerNorm)]
+    actor_norms = [m for m in agent.loss_module.actor_network.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+    assert [m.normalized_shape for m in critic_norms] == ([(64,), (64,)] if critic_layer_norm else [])
+    assert actor_norms == []
+    # Both twin critics and their targets carry the norm's parameters.
+    norm_weights = [k for k in agent.loss_module.qvalue_network_params.keys(True, True) if "weight" in str(k)]
+    assert len(norm_weights) == (5 if critic_layer_norm else 3)
 
 
 def test_optimizer_leaves_the_target_critics_to_the_soft_update():
