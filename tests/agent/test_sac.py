@@ -73,9 +73,10 @@ def test_critic_layer_norm_normalises_each_hidden_layer_of_the_critics_only(crit
 
     assert [m.normalized_shape for m in critic_norms] == ([(64,), (64,)] if critic_layer_norm else [])
     assert actor_norms == []
-    # Both twin critics and their targets carry the norm's parameters.
-    norm_weights = [k for k in agent.loss_module.qvalue_network_params.keys(True, True) if "weight" in str(k)]
-    assert len(norm_weights) == (5 if critic_layer_norm else 3)
+    # The critics' parameters (3 linear and 2 norm weights with the option), and their targets' too.
+    critic_keys = set(agent.loss_module.qvalue_network_params.keys(True, True))
+    assert len([k for k in critic_keys if "weight" in str(k)]) == (5 if critic_layer_norm else 3)
+    assert set(agent.loss_module.target_qvalue_network_params.keys(True, True)) == critic_keys
 
 
 def test_optimizer_leaves_the_target_critics_to_the_soft_update():
