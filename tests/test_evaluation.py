@@ -64,3 +64,27 @@ def test_an_unbatched_environment_gives_one_return() -> None:
 def test_bad_batch_settings_are_config_errors(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="num_envs"):
         make_env("cartpole-swingup", seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["close", "garbage collection"])
+def test_closing_a_batched_environment_leaves_torch_s_thread_count_alone(how: str, monkeypatch) -> None:
+    import gc
+
+    import torchrl
+
+    # TorchRL's close gives back up to this many threads; make it large so the test fails on any machine.
+    monkeypatch.setattr(torchrl, "_THREAD_POOL_INIT", 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        env = make_env("cartpole-swingup", seed=0, num_envs=3)
+        specs = env_specs(env)
+        evaluate_policy(env, make_actor(specs.observation_dim, specs.action_spec, [8]), max_steps=5)
+        if how == "close":
+            env.close()
+        else:
+            del env
+            gc.collect()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
