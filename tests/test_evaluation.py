@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
+import torchrl
 from tensordict import TensorDict
 
 from nmbrl.agent.networks import make_actor
@@ -68,10 +71,6 @@ def test_bad_batch_settings_are_config_errors(kwargs: dict) -> None:
 
 @pytest.mark.parametrize("how", ["close", "garbage collection"])
 def test_closing_a_batched_environment_leaves_torch_s_thread_count_alone(how: str, monkeypatch) -> None:
-    import gc
-
-    import torchrl
-
     # TorchRL's close gives back up to this many threads; make it large so the test fails on any machine.
     monkeypatch.setattr(torchrl, "_THREAD_POOL_INIT", 8)
     threads = torch.get_num_threads()
