@@ -130,8 +130,7 @@ class SideBySideEnv(SerialEnv):
         try:
             super().close(raise_if_closed=raise_if_closed)
         finally:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
 
 
 def float32_base_env(name: str, device: torch.device | str, render_size: int | None, action_repeat: int) -> EnvBase:
