@@ -54,7 +54,9 @@ class BranchedRollouts(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         data, world_model = trainer.datamodule, world_model_of(trainer)
-        if data.env_steps < self.next_rollout_at or not world_model.trained:
+        # No model buffer yet with a trained model: resumed from a checkpoint without imagined data.
+        due = data.env_steps >= self.next_rollout_at or data.model_buffer is None
+        if not due or not world_model.trained:
             return
         self.next_rollout_at = (data.env_steps // self.every + 1) * self.every
         started = time.perf_counter()

@@ -50,10 +50,15 @@ class RLDataModule(LightningDataModule):
             must be multiples of it.
         model_buffer_dir: Keep the model buffer in memory-mapped files under this folder instead of
             in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions).
+        checkpoint_model_buffer: Save the imagined transitions in checkpoints too. With ``False``
+            a checkpoint holds the networks and the real data only (the model buffer of MBPO's
+            Humanoid settings is about 36 GB), and a resumed run refills the model buffer from
+            the restored world model before its first agent update.
         test_episodes: Episodes run by ``cli.py test`` with the deterministic policy.
 
     Checkpoints hold both buffers (contents and write positions) and the env-step count, so a
-    resumed run continues with its buffers as full as they were. The real environment itself
+    resumed run continues with its buffers as full as they were (the model buffer only with
+    ``checkpoint_model_buffer``). The real environment itself
     starts a new episode on resume, reseeded from the seed and the env-step count.
     """
 
@@ -69,6 +74,7 @@ class RLDataModule(LightningDataModule):
         real_ratio: float = 0.05,
         action_repeat: int = 1,
         model_buffer_dir: str | None = None,
+        checkpoint_model_buffer: bool = True,
         test_episodes: int = 10,
     ) -> None:
         super().__init__()
@@ -101,6 +107,7 @@ class RLDataModule(LightningDataModule):
         self.real_ratio = real_ratio
         self.action_repeat = action_repeat
         self.model_buffer_dir = model_buffer_dir
+        self.checkpoint_model_buffer = checkpoint_model_buffer
         self.test_episodes = test_episodes
         self.env: EnvBase | None = None
         self.real_buffer: ReplayBuffer | None = None
@@ -164,7 +171,7 @@ class RLDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"env_steps": self.env_steps, "real_buffer": self.real_buffer.state_dict()}
-        if self.model_buffer is not None:
+        if self.model_buffer is not None and self.checkpoint_model_buffer:
             state["model_buffer"] = self.model_buffer.state_dict()
             state["model_buffer_capacity"] = self.model_buffer_capacity
         return state

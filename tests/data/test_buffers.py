@@ -151,6 +151,24 @@ def test_model_buffer_can_live_in_memory_mapped_files(tmp_path) -> None:
 # --- checkpoints -------------------------------------------------------------------------------
 
 
+def test_without_checkpoint_model_buffer_only_the_real_data_is_saved() -> None:
+    data = RLDataModule(env="InvertedPendulum-v5", buffer_size=50, random_steps=0, checkpoint_model_buffer=False)
+    data.setup("fit")
+    data.real_buffer.extend(buffer_of(40, reward=1.0)[:])
+    data.resize_model_buffer(30)
+    data.model_buffer.extend(buffer_of(20, reward=0.0)[:])
+    data.env_steps = 40
+
+    state = data.state_dict()
+    restored = RLDataModule(env="InvertedPendulum-v5", buffer_size=50, random_steps=0)
+    restored.setup("fit")
+    restored.load_state_dict(state)
+
+    assert "model_buffer" not in state
+    assert restored.model_buffer is None  # left for BranchedRollouts to refill
+    assert restored.env_steps == 40 and len(restored.real_buffer) == 40
+
+
 def test_data_module_state_round_trips_both_buffers_and_the_step_count() -> None:
     data = RLDataModule(env="InvertedPendulum-v5", buffer_size=50, random_steps=0)
     data.setup("fit")

@@ -52,6 +52,22 @@ def test_resume_continues_the_same_run_with_full_buffers(trained: Path) -> None:
     assert after["global_step"] == before["global_step"] + 100
 
 
+def test_resume_without_imagined_data_in_the_checkpoint_refills_the_model_buffer_at_once(tmp_path: Path) -> None:
+    # Rollouts every 150 env steps: at 200 and 300, then due at 450. The run stops at 400, so only
+    # the refill on resume rolls out before 450; without it the agent would train on real data alone.
+    args = [*PENDULUM, "--rollouts.every", "150", "--data.checkpoint_model_buffer", "false"]
+    assert run_cli("fit", *args, store=tmp_path).returncode == 0
+    before = load(checkpoints(tmp_path)[0])
+    assert "model_buffer" not in before["RLDataModule"] and buffer_length(before, "real_buffer") == 400
+
+    result = run_cli("fit", *args, "--trainer.max_epochs", "3", "--ckpt_path", "last", store=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    sizes = dict(history(tmp_path, only_run(tmp_path).info.run_id, "rollout/model_buffer_size"))
+    assert [step for step in sizes if step > 300] == [401, 450]  # 401: the resumed run's first batch
+    assert sizes[401] > 0
+
+
 def test_test_command_prints_returns_and_logs_a_video(trained: Path) -> None:
     run = only_run(trained)
     folder = trained / "runs" / run.info.experiment_id / run.info.run_id
