@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from nmbrl.concurrent.pacing import PacedStream, RemoteCollection
 from nmbrl.concurrent.shared import CONTEXT, SharedRealData, make_shared_replay_buffer
 from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch, select_transitions
 from nmbrl.data.collect import KeepTransitions, make_collector
+from nmbrl.data.scratch import make_scratch_folder, remove_scratch_folder
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
 from nmbrl.errors import ConfigError, check_at_least_one
 
@@ -49,7 +49,8 @@ class RLDataModule(LightningDataModule):
         action_repeat: Env steps each action is held for; ``random_steps`` and ``epoch_length``
             must be multiples of it.
         model_buffer_dir: Keep the model buffer in memory-mapped files under this folder instead of
-            in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions).
+            in memory (MBPO's Humanoid settings ask for 12.5M imagined transitions). The files are
+            deleted when the buffer is resized and when ``fit`` ends.
         checkpoint_model_buffer: Save the imagined transitions in checkpoints too. With ``False``
             a checkpoint holds the networks and the real data only (the model buffer of MBPO's
             Humanoid settings is about 36 GB), and a resumed run refills the model buffer from
@@ -113,6 +114,7 @@ class RLDataModule(LightningDataModule):
         self.real_buffer: ReplayBuffer | None = None
         self.model_buffer: ReplayBuffer | None = None
         self.model_buffer_capacity = 0
+        self._model_buffer_folder: str | None = None
         self.env_steps = 0
         self._eval_env: EnvBase | None = None
         self._collector = None
@@ -157,6 +159,10 @@ class RLDataModule(LightningDataModule):
         if self._collector is not None:
             self._collector.shutdown()
             self._collector = self._collector_iter = None
+        if self._model_buffer_folder is not None:  # the checkpoints hold what is worth keeping
+            self.model_buffer, self.model_buffer_capacity = None, 0
+            remove_scratch_folder(self._model_buffer_folder)
+            self._model_buffer_folder = None
 
     def train_dataloader(self) -> TrainingStream | PacedStream:
         if self.remote_collection is not None:
@@ -242,11 +248,13 @@ class RLDataModule(LightningDataModule):
     def resize_model_buffer(self, capacity: int) -> None:
         """Give the model buffer ``capacity``, keeping what it holds (newest data wins on shrinking)."""
         if self.model_buffer is None or self.model_buffer_capacity != capacity:
-            scratch = None
+            old_folder, folder = self._model_buffer_folder, None
             if self.model_buffer_dir is not None:
-                scratch = tempfile.mkdtemp(prefix=f"model_buffer_rank{self.rank}_", dir=self.model_buffer_dir)
-            self.model_buffer = resized(self.model_buffer, capacity, scratch)
+                folder = make_scratch_folder(self.model_buffer_dir, self.rank)
+            self.model_buffer = resized(self.model_buffer, capacity, folder)
             self.model_buffer_capacity = capacity
+            self._model_buffer_folder = folder
+            remove_scratch_folder(old_folder)  # the old files would stay on disk: GBs per resize for Humanoid
 
 
 class TrainingStream:

@@ -1,6 +1,10 @@
 """Replay buffers: MBPO's model buffer size, the per-sample real/imagined mix, data module checks."""
 
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,6 +150,26 @@ def test_model_buffer_can_live_in_memory_mapped_files(tmp_path) -> None:
     assert len(data.model_buffer) == 30
     assert sorted(data.model_buffer[:]["observation"].flatten().tolist()) == list(range(30))
     assert any(tmp_path.rglob("*.memmap")), "the model buffer should be backed by files in model_buffer_dir"
+    assert len(list(tmp_path.iterdir())) == 1, "the files of the smaller buffer should be gone"
+
+    data.teardown("fit")
+    assert not any(tmp_path.iterdir())
+
+
+def test_scratch_folders_of_dead_processes_are_removed_by_the_next_run(tmp_path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    host = socket.gethostname()
+    orphan = tmp_path / f"model_buffer_{host}_pid{dead_pid}_rank0_abc"
+    live = tmp_path / f"model_buffer_{host}_pid{os.getppid()}_rank0_def"  # another run, still going
+    elsewhere = tmp_path / f"model_buffer_otherhost_pid{dead_pid}_rank0_ghi"  # a process of another machine
+    for folder in (orphan, live, elsewhere):
+        folder.mkdir()
+
+    data = RLDataModule(env="InvertedPendulum-v5", model_buffer_dir=str(tmp_path))
+    data.resize_model_buffer(100)
+
+    assert not orphan.exists() and live.exists() and elsewhere.exists()
 
 
 # --- checkpoints -------------------------------------------------------------------------------
