@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+LAST = 3  # evaluations averaged in the table's smoothed final row
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,6 +116,11 @@ def table(data: dict[str, dict[int, list[tuple[int, float]]]], seconds: dict[str
             values = [v for curve in data[algo].values() for s, v in curve if s == step]
             cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    finals = [" / ".join(f"{curve[-1][1]:.1f}" for _, curve in sorted(data[a].items())) for a in algos]
+    lines.append("| last evaluation, per seed | " + " | ".join(finals) + " |")
+    # One evaluation is a noisy reading of a curve that still moves; the last few say more of where it ends.
+    tails = [[np.mean([v for _, v in curve[-LAST:]]) for curve in data[a].values()] for a in algos]
+    lines.append(f"| mean of each seed's last {LAST} evaluations | " + " | ".join(f"{np.mean(t):.1f} ± {np.std(t):.1f}" for t in tails) + " |")
     walls = [f"{np.mean(seconds[a]) / 60:.1f} min" if seconds.get(a) else "" for a in algos]
     lines.append("| wall-clock per run | " + " | ".join(walls) + " |")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The benchmark's reading of a run: when it first reached the target return."""
+"""The benchmarks' reading of runs: when one first reached the target return, and the learning-curve table."""
 
 import sys
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from concurrent_vs_sync import first_reaching  # noqa: E402
+from learning_curves import table  # noqa: E402
 
 
 def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
@@ -16,3 +17,18 @@ def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
 
 def test_a_run_that_never_reaches_the_target():
     assert first_reaching([(5, 1000, 10.0)], 750.0, 0) == (None, None)
+
+
+def test_the_table_gives_each_seed_s_last_return_and_the_mean_of_the_last_three():
+    data = {
+        "mbpo": {1: [(1000, 10.0), (2000, 20.0), (3000, 30.0), (4000, 40.0)], 0: [(1000, 0.0), (2000, 50.0), (3000, 60.0), (4000, 70.0)]},
+        "sac": {0: [(1000, 5.0), (2000, 7.0)]},
+    }
+    rows = table(data, {"mbpo": [60.0, 120.0]}).splitlines()
+
+    assert rows[0] == "| env steps | mbpo (n=2) | sac (n=1) |"
+    assert "| 4000 | 55.0 ± 15.0 |  |" in rows
+    assert "| last evaluation, per seed | 70.0 / 40.0 | 7.0 |" in rows  # in seed order
+    # mbpo: seed 0 (50 + 60 + 70) / 3 = 60, seed 1 30; sac: its two evaluations
+    assert "| mean of each seed's last 3 evaluations | 45.0 ± 15.0 | 6.0 ± 0.0 |" in rows
+    assert rows[-1] == "| wall-clock per run | 1.5 min |  |"
