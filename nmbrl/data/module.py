@@ -59,8 +59,8 @@ class RLDataModule(LightningDataModule):
 
     Checkpoints hold both buffers (contents and write positions) and the env-step count, so a
     resumed run continues with its buffers as full as they were (the model buffer only with
-    ``checkpoint_model_buffer``). The real environment itself
-    starts a new episode on resume, reseeded from the seed and the env-step count.
+    ``checkpoint_model_buffer``). The real environment itself starts a new episode on resume,
+    reseeded from the seed and the env-step count.
     """
 
     def __init__(
