@@ -2,6 +2,8 @@
 
 from nmbrl.data.buffers import (
     TRANSITION_KEYS,
+    buffer_state,
+    load_buffer_state,
     make_replay_buffer,
     model_buffer_capacity,
     sample_mixed_batch,
@@ -13,6 +15,8 @@ __all__ = [
     "TRANSITION_KEYS",
     "RLDataModule",
     "TrainingStream",
+    "buffer_state",
+    "load_buffer_state",
     "make_replay_buffer",
     "model_buffer_capacity",
     "sample_mixed_batch",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
+
+# Where `buffer_state` puts the filled rows of a buffer that has not wrapped around yet.
+FILLED_ROWS = "filled_rows"
 
 # The keys of one transition, the same for real and imagined data.
 TRANSITION_KEYS = (
@@ -56,3 +61,31 @@ def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None 
         kept = buffer[:]
         new.extend(kept[-capacity:] if len(kept) > capacity else kept)
     return new
+
+
+def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
+    """``buffer.state_dict()``, holding only the filled rows until the buffer first wraps around.
+
+    TorchRL's storages save their whole preallocated capacity, so a checkpoint early in a run is
+    mostly zeros: 868 MB at 400 env steps for Humanoid's real buffer. Until the first wrap the data
+    are rows ``[0, len)`` and the writer's cursor is ``len``, so those rows are all there is to keep.
+    """
+    state = buffer.state_dict()
+    filled = len(buffer)
+    if 0 < filled < buffer.storage.max_size:
+        # A clone: saving a slice of the storage would save the whole storage under it.
+        state["_storage"] = {FILLED_ROWS: buffer[:].clone().to_dict(), "_len": filled}
+    return state
+
+
+def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
+    """Restore a state from ``buffer_state`` (or a plain ``state_dict``) into a buffer of the same capacity."""
+    storage = state["_storage"]
+    if FILLED_ROWS in storage:
+        buffer.empty()
+        # Writing the rows allocates the full capacity, in the storage's own files for a memory-mapped
+        # one (TorchRL's load into an unallocated storage maps anonymous memory, that is RAM); the
+        # rest of the state (writer, sampler, random generator) then loads as usual.
+        buffer.extend(TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]]))
+        state = {**state, "_storage": buffer.storage.state_dict()}
+    buffer.load_state_dict(state)

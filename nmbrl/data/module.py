@@ -13,7 +13,14 @@ from torchrl.envs import EnvBase
 
 from nmbrl.concurrent.pacing import PacedStream, RemoteCollection
 from nmbrl.concurrent.shared import CONTEXT, SharedRealData, make_shared_replay_buffer
-from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batch, select_transitions
+from nmbrl.data.buffers import (
+    buffer_state,
+    load_buffer_state,
+    make_replay_buffer,
+    resized,
+    sample_mixed_batch,
+    select_transitions,
+)
 from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.data.scratch import make_scratch_folder, remove_scratch_folder
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
@@ -176,18 +183,18 @@ class RLDataModule(LightningDataModule):
     # --- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"env_steps": self.env_steps, "real_buffer": self.real_buffer.state_dict()}
+        state = {"env_steps": self.env_steps, "real_buffer": buffer_state(self.real_buffer)}
         if self.model_buffer is not None and self.checkpoint_model_buffer:
-            state["model_buffer"] = self.model_buffer.state_dict()
+            state["model_buffer"] = buffer_state(self.model_buffer)
             state["model_buffer_capacity"] = self.model_buffer_capacity
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.env_steps = state_dict["env_steps"]
-        self.real_buffer.load_state_dict(state_dict["real_buffer"])
+        load_buffer_state(self.real_buffer, state_dict["real_buffer"])
         if "model_buffer" in state_dict:
             self.resize_model_buffer(state_dict["model_buffer_capacity"])
-            self.model_buffer.load_state_dict(state_dict["model_buffer"])
+            load_buffer_state(self.model_buffer, state_dict["model_buffer"])
         # A fresh episode on resume; its seed depends on where the run stopped, not only on `seed`.
         self.env.set_seed(self.seed + self.rank + self.env_steps)
 

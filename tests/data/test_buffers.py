@@ -1,17 +1,26 @@
 """Replay buffers: MBPO's model buffer size, the per-sample real/imagined mix, data module checks."""
 
+import io
 import math
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
-from nmbrl.data import RLDataModule, make_replay_buffer, model_buffer_capacity, sample_mixed_batch
+from nmbrl.data import (
+    RLDataModule,
+    buffer_state,
+    load_buffer_state,
+    make_replay_buffer,
+    model_buffer_capacity,
+    sample_mixed_batch,
+)
 from nmbrl.errors import ConfigError
 
 BATCH_SIZE = 256
@@ -215,3 +224,50 @@ def test_data_module_state_round_trips_both_buffers_and_the_step_count() -> None
     data.real_buffer.extend(new)
     restored.real_buffer.extend(new)
     assert (restored.real_buffer[:] == data.real_buffer[:]).all()
+
+
+def saved(state: dict) -> bytes:
+    """``state`` as ``torch.save`` writes it to a checkpoint."""
+    file = io.BytesIO()
+    torch.save(state, file)
+    return file.getvalue()
+
+
+def test_a_buffer_that_has_not_wrapped_saves_only_its_filled_rows() -> None:
+    buffer = make_replay_buffer(10_000)
+    buffer.extend(buffer_of(100, reward=1.0)[:])
+
+    state = buffer_state(buffer)
+    # 100 of 10,000 rows: a hundredth of the full storage, give or take the file's overhead.
+    assert len(saved(state)) < len(saved(buffer.state_dict())) / 20
+
+    restored = make_replay_buffer(10_000)
+    load_buffer_state(restored, torch.load(io.BytesIO(saved(state)), weights_only=True))
+    assert len(restored) == 100 and (restored[:] == buffer[:]).all()
+    new = buffer_of(5, reward=2.0)[:]
+    buffer.extend(new)
+    restored.extend(new)  # the writer goes on at row 100, as in the original
+    assert len(restored) == 105 and (restored[:] == buffer[:]).all()
+
+
+def test_a_restored_memory_mapped_buffer_stays_memory_mapped_at_full_capacity(tmp_path) -> None:
+    buffer = make_replay_buffer(50, scratch_dir=str(tmp_path / "a"))
+    buffer.extend(buffer_of(20, reward=0.0)[:])
+
+    restored = make_replay_buffer(50, scratch_dir=str(tmp_path / "b"))
+    load_buffer_state(restored, buffer_state(buffer))
+
+    storage = restored.storage._storage
+    # In files of its own scratch folder: a plain `load_state_dict` would map anonymous memory instead.
+    assert storage.shape[0] == 50 and Path(storage["observation"].filename).parent == tmp_path / "b"
+    assert (restored[:] == buffer[:]).all()
+
+
+def test_a_full_storage_state_of_an_earlier_checkpoint_still_loads() -> None:
+    buffer = make_replay_buffer(50)
+    buffer.extend(buffer_of(20, reward=1.0)[:])
+
+    restored = make_replay_buffer(50)
+    load_buffer_state(restored, buffer.state_dict())  # what checkpoints held before compaction
+
+    assert len(restored) == 20 and (restored[:] == buffer[:]).all()
