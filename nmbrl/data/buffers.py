@@ -64,28 +64,32 @@ def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None 
 
 
 def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
-    """``buffer.state_dict()``, holding only the filled rows until the buffer first wraps around.
+    """``buffer.state_dict()`` with the storage saved as its filled rows, in plain tensors.
 
     TorchRL's storages save their whole preallocated capacity, so a checkpoint early in a run is
     mostly zeros: 868 MB at 400 env steps for Humanoid's real buffer. Until the first wrap the data
-    are rows ``[0, len)`` and the writer's cursor is ``len``, so those rows are all there is to keep.
+    are rows ``[0, len)``, so those rows are all there is to keep.
     """
     state = buffer.state_dict()
     filled = len(buffer)
-    if 0 < filled < buffer.storage.max_size:
-        # A clone: saving a slice of the storage would save the whole storage under it.
-        state["_storage"] = {FILLED_ROWS: buffer[:].clone().to_dict(), "_len": filled}
+    if filled > 0:
+        rows = buffer[:]
+        # A partial view would save the whole storage under it: copy it. A full one is saved as it
+        # is, without a copy of what may be many GB, as plain tensors: Lightning resumes with
+        # torch.load(weights_only=True), which refuses the memory-mapped tensor subclass.
+        rows = rows.clone() if filled < buffer.storage.max_size else rows.apply(lambda t: t.as_subclass(torch.Tensor))
+        state["_storage"] = {FILLED_ROWS: rows.to_dict(), "_len": filled}
     return state
 
 
 def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
-    """Restore a state from ``buffer_state`` (or a plain ``state_dict``) into a buffer of the same capacity."""
+    """Restore a state from ``buffer_state`` (or a plain ``state_dict``) into an empty buffer of the same capacity."""
     storage = state["_storage"]
     if FILLED_ROWS in storage:
         buffer.empty()
         # Writing the rows allocates the full capacity, in the storage's own files for a memory-mapped
-        # one (TorchRL's load into an unallocated storage maps anonymous memory, that is RAM); the
-        # rest of the state (writer, sampler, random generator) then loads as usual.
+        # one (TorchRL's load into an unallocated storage maps anonymous memory, that is RAM). The
+        # rest of the state then loads as usual, the writer's position included.
         buffer.extend(TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]]))
         state = {**state, "_storage": buffer.storage.state_dict()}
     buffer.load_state_dict(state)

@@ -250,16 +250,23 @@ def test_a_buffer_that_has_not_wrapped_saves_only_its_filled_rows() -> None:
     assert len(restored) == 105 and (restored[:] == buffer[:]).all()
 
 
-def test_a_restored_memory_mapped_buffer_stays_memory_mapped_at_full_capacity(tmp_path) -> None:
+@pytest.mark.parametrize("rows", [20, 70], ids=["partly-filled", "wrapped"])
+def test_a_memory_mapped_buffer_is_saved_as_plain_tensors_and_restored_into_its_files(tmp_path, rows: int) -> None:
     buffer = make_replay_buffer(50, scratch_dir=str(tmp_path / "a"))
-    buffer.extend(buffer_of(20, reward=0.0)[:])
+    buffer.extend(buffer_of(rows, reward=0.0)[:])
 
+    # As Lightning resumes: torch.load(weights_only=True) refuses memory-mapped tensor subclasses.
+    state = torch.load(io.BytesIO(saved(buffer_state(buffer))), weights_only=True)
     restored = make_replay_buffer(50, scratch_dir=str(tmp_path / "b"))
-    load_buffer_state(restored, buffer_state(buffer))
+    load_buffer_state(restored, state)
 
     storage = restored.storage._storage
     # In files of its own scratch folder: a plain `load_state_dict` would map anonymous memory instead.
     assert storage.shape[0] == 50 and Path(storage["observation"].filename).parent == tmp_path / "b"
+    assert len(restored) == len(buffer) and (restored[:] == buffer[:]).all()
+    new = buffer_of(5, reward=2.0)[:]
+    buffer.extend(new)
+    restored.extend(new)
     assert (restored[:] == buffer[:]).all()
 
 
