@@ -23,7 +23,8 @@ class EnvStepMonitor(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         data = trainer.datamodule
-        if batch_idx % trainer.log_every_n_steps == 0:
+        last_of_epoch = batch_idx == trainer.num_training_batches - 1  # the bar then matches the evaluation's count
+        if batch_idx % trainer.log_every_n_steps == 0 or last_of_epoch:
             pl_module.log("env_steps", float(data.env_steps), prog_bar=True, logger=False)
         if self._since is None:
             self._since = (time.perf_counter(), data.env_steps, trainer.global_step)
