@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
-# Where `buffer_state` puts the filled rows of a buffer that has not wrapped around yet.
+# Where `buffer_state` puts a buffer's filled rows.
 FILLED_ROWS = "filled_rows"
 
 # The keys of one transition, the same for real and imagined data.
@@ -68,7 +68,7 @@ def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
 
     TorchRL's storages save their whole preallocated capacity, so a checkpoint early in a run is
     mostly zeros: 868 MB at 400 env steps for Humanoid's real buffer. Until the first wrap the data
-    are rows ``[0, len)``, so those rows are all there is to keep.
+    are rows ``[0, len)``, so those rows are all there is to keep; after it, every row is.
     """
     state = buffer.state_dict()
     filled = len(buffer)
@@ -89,7 +89,8 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
         buffer.empty()
         # Writing the rows allocates the full capacity, in the storage's own files for a memory-mapped
         # one (TorchRL's load into an unallocated storage maps anonymous memory, that is RAM). The
-        # rest of the state then loads as usual, the writer's position included.
+        # rest of the state then loads as usual, the writer's position included (at the price of
+        # copying the storage onto itself once: ReplayBuffer.load_state_dict takes no partial state).
         buffer.extend(TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]]))
         state = {**state, "_storage": buffer.storage.state_dict()}
     buffer.load_state_dict(state)
