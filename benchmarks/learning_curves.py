@@ -98,8 +98,11 @@ def curves(out: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:
     result: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for run in client.search_runs([experiment.experiment_id]):
         algo, seed = run.info.run_name.rsplit("-seed", 1)
-        history = client.get_metric_history(run.info.run_id, "eval/return_mean")
-        result.setdefault(algo, {})[int(seed)] = sorted((m.step, m.value) for m in history)
+        for name, metric in ((algo, "eval/return_mean"), (f"{algo}-actor", "eval/actor_return_mean")):
+            # eval/actor_return_mean: the actor itself, when the runs evaluate an averaged policy (Evaluation.also_actor)
+            history = client.get_metric_history(run.info.run_id, metric)
+            if history:
+                result.setdefault(name, {})[int(seed)] = sorted((m.step, m.value) for m in history)
     return result
 
 

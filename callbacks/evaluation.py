@@ -22,6 +22,9 @@ from nmbrl.video import write_video
 class Evaluation(Callback):
     """Evaluates the deterministic policy on a separately seeded environment, on rank 0.
 
+    The policy evaluated is the agent's ``evaluation_policy``: the actor, or the Polyak average of
+    its weights when ``SACAgent.averaged_policy_tau`` is set.
+
     During ``fit``: ``episodes`` episodes every ``every_n_epochs`` epochs, run side by side on a
     batch of ``episodes`` environments (one policy call per step for all of them), logged as
     ``eval/return_mean`` and ``eval/return_std`` and kept in ``history`` (env steps, mean return);
@@ -38,6 +41,8 @@ class Evaluation(Callback):
         video: Format of the test video, or "none" for no video.
         video_size: Width and height of the video frames, in pixels.
         video_fps: Frames per second of the video.
+        also_actor: When the agent evaluates an averaged policy, also evaluate the actor itself on
+            as many episodes, logged as ``eval/actor_return_mean``: both curves from one run.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class Evaluation(Callback):
         video: Literal["mp4", "gif", "none"] = "mp4",
         video_size: int = 256,
         video_fps: int = 30,
+        also_actor: bool = False,
     ) -> None:
         check_at_least_one(
             every_n_epochs=every_n_epochs,
@@ -62,6 +68,7 @@ class Evaluation(Callback):
         self.video = video
         self.video_size = video_size
         self.video_fps = video_fps
+        self.also_actor = also_actor
         self.history: list[tuple[int, float]] = []
         self.env: EnvBase | None = None
 
@@ -74,11 +81,16 @@ class Evaluation(Callback):
         started = time.perf_counter()
         if self.env is None:
             self.env = make_env(data.env_name, seed=data.eval_seed, action_repeat=data.action_repeat, num_envs=self.episodes)
-        returns = evaluate_policy(self.env, pl_module.policy, data.transitions(self.max_episode_steps))
+        max_steps = data.transitions(self.max_episode_steps)
+        returns = evaluate_policy(self.env, pl_module.evaluation_policy, max_steps)
         mean, std = float(returns.mean()), float(returns.std(unbiased=False))
         self.history.append((data.env_steps, mean))
-        log_now(trainer, {"eval/return_mean": mean, "eval/return_std": std, "time/eval_s": time.perf_counter() - started})
-        pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}")
+        metrics = {"eval/return_mean": mean, "eval/return_std": std}
+        if self.also_actor and pl_module.evaluation_policy is not pl_module.policy:
+            metrics["eval/actor_return_mean"] = float(evaluate_policy(self.env, pl_module.policy, max_steps).mean())
+        log_now(trainer, {**metrics, "time/eval_s": time.perf_counter() - started})
+        actor = f" (actor {metrics['eval/actor_return_mean']:.1f})" if "eval/actor_return_mean" in metrics else ""
+        pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}{actor}")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.env is not None:
@@ -113,7 +125,7 @@ class Evaluation(Callback):
         data = trainer.datamodule
         env = make_env(data.env_name, seed=data.eval_seed, render_size=self.video_size, action_repeat=data.action_repeat)
         try:
-            episode = run_episode(env, pl_module.policy, data.transitions(self.max_episode_steps))
+            episode = run_episode(env, pl_module.evaluation_policy, data.transitions(self.max_episode_steps))
         finally:
             env.close()
         ret = float(episode["next", "reward"].sum())

@@ -1,4 +1,4 @@
-"""The benchmarks' reading of runs: when one first reached the target return, and the learning-curve table."""
+"""The benchmarks' reading of runs: when one first reached the target return, the curves, the learning-curve table."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from concurrent_vs_sync import first_reaching  # noqa: E402
-from learning_curves import table  # noqa: E402
+from learning_curves import create_store, curves, table  # noqa: E402
 
 
 def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
@@ -32,3 +32,26 @@ def test_the_table_gives_each_seed_s_last_return_and_the_mean_of_the_last_three(
     # mbpo: seed 0 (50 + 60 + 70) / 3 = 60, seed 1 30; sac: its two evaluations
     assert "| mean of each seed's last 3 evaluations | 45.0 ± 15.0 | 6.0 ± 0.0 |" in rows
     assert rows[-1] == "| wall-clock per run | 1.5 min |  |"
+
+
+def test_curves_read_each_run_s_evaluations_and_the_actor_s_beside_an_averaged_policy(tmp_path):
+    import mlflow
+
+    create_store(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("benchmark").experiment_id
+    logged = {
+        "mbpo-seed3": {"eval/return_mean": [(1000, 10.0), (2000, 30.0)], "eval/actor_return_mean": [(1000, 12.0), (2000, 25.0)]},
+        "sac-seed0": {"eval/return_mean": [(2000, 5.0), (1000, 4.0)]},
+    }
+    for name, metrics in logged.items():
+        run_id = client.create_run(experiment, run_name=name).info.run_id
+        for key, points in metrics.items():
+            for step, value in points:
+                client.log_metric(run_id, key, value, step=step)
+
+    assert curves(tmp_path) == {
+        "mbpo": {3: [(1000, 10.0), (2000, 30.0)]},
+        "mbpo-actor": {3: [(1000, 12.0), (2000, 25.0)]},
+        "sac": {0: [(1000, 4.0), (2000, 5.0)]},
+    }

@@ -1,4 +1,4 @@
-"""The SAC agent: its update lowers the critic loss, the policy modes, the target entropy."""
+"""The SAC agent: its update lowers the critic loss, the policy modes, the target entropy, the averaged policy."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from nmbrl.agent import SACAgent
 from nmbrl.envs import EnvSpecs
+from nmbrl.errors import ConfigError
 
 OBS_DIM = 5
 
@@ -148,3 +149,47 @@ def test_a_numeric_target_entropy_is_used_as_is():
     agent = built_agent(Bounded(-1, 1, shape=(3,)), target_entropy=-0.05)
 
     assert agent.loss_module.target_entropy.item() == pytest.approx(-0.05)
+
+
+def test_without_averaging_evaluation_runs_the_actor_and_the_state_has_no_average():
+    agent = built_agent(Bounded(-1, 1, shape=(1,)))
+
+    assert agent.evaluation_policy is agent.policy
+    assert not [key for key in agent.state_dict() if "averaged" in key]  # older checkpoints still load
+
+
+def test_the_averaged_policy_is_a_frozen_copy_outside_the_optimizer_that_evaluation_runs():
+    agent = built_agent(Bounded(-1, 1, shape=(1,)), averaged_policy_tau=0.01)
+    optimized = {id(p) for group in agent.configure_optimizers().param_groups for p in group["params"]}
+    averaged = list(agent.averaged_actor.parameters())
+
+    assert agent.evaluation_policy is agent.averaged_actor.module
+    assert agent.evaluation_policy is not agent.policy
+    assert averaged and not any(p.requires_grad or id(p) in optimized for p in averaged)
+    observation = TensorDict({"observation": torch.randn(8, OBS_DIM)}, batch_size=[8])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        assert agent.evaluation_policy(observation)["action"].shape == (8, 1)
+
+
+def test_the_averaged_policy_moves_tau_of_the_way_towards_the_actor_per_update():
+    torch.manual_seed(0)
+    tau = 0.1
+    agent = built_agent(Bounded(-1, 1, shape=(1,)), averaged_policy_tau=tau)
+    optimizer = agent.configure_optimizers()
+    batch = random_transitions(256, action_dim=1)
+    expected = None
+    for _ in range(5):
+        update(agent, optimizer, batch)
+        agent.averaged_actor.update_parameters(agent.policy)  # as SACAgent.training_step does
+        actor = [p.detach().clone() for p in agent.policy.parameters()]
+        expected = actor if expected is None else [(1 - tau) * e + tau * a for e, a in zip(expected, actor)]
+
+    for average, want, actor in zip(agent.averaged_actor.module.parameters(), expected, agent.policy.parameters()):
+        torch.testing.assert_close(average, want)
+    assert not torch.equal(average, actor)
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_an_averaged_policy_rate_outside_0_1_is_a_config_error(tau):
+    with pytest.raises(ConfigError, match=f"averaged_policy_tau={tau}"):
+        SACAgent(averaged_policy_tau=tau)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
 
 from nmbrl.cli import run as cli_run
@@ -61,6 +62,24 @@ def test_sac_fit_has_no_world_model(store: Path) -> None:
     result = run_cli("fit", "--config", "configs/sac.yaml", *TINY, store=store)
     assert result.returncode == 0, result.stderr[-3000:]
     check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
+
+
+def test_an_averaged_policy_is_trained_evaluated_beside_the_actor_and_checkpointed(store: Path) -> None:
+    averaged = ["--model.averaged_policy_tau", "0.01", "--evaluation.also_actor", "true"]
+    result = run_cli("fit", "--config", "configs/sac.yaml", *TINY, *averaged, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = check_run(store, COMMON_METRICS | {"eval/actor_return_mean"}, absent_metrics=MODEL_METRICS)
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/actor_return_mean")] == [300, 400]
+
+    checkpoint = torch.load(store / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt", weights_only=True)
+    weights = checkpoint["state_dict"]
+    # Averaged after every SAC update, and lagging behind the actor.
+    assert weights["averaged_actor.n_averaged"].item() == checkpoint["global_step"] > 0
+    average = {key.removeprefix("averaged_actor.module."): value for key, value in weights.items() if key.startswith("averaged_actor.module.")}
+    actor = {key.removeprefix("loss_module.actor_network_params."): value for key, value in weights.items() if key.startswith("loss_module.actor_network_params.")}
+    assert actor and average.keys() == actor.keys()
+    assert not all(torch.equal(average[key], actor[key]) for key in actor)
 
 
 @pytest.mark.parametrize(
