@@ -5,6 +5,12 @@ Runs ``python cli.py fit`` with ``configs/mbpo.yaml`` (sync) and ``configs/mbpo_
 evaluations back from MLflow and prints, side by side, when each run first reached the target
 return: seconds since the run started (from the metric's timestamp) and env steps.
 
+Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given: on an idle
+2-core machine that is 2 threads for sync mode and 1 for concurrent mode's agent, whose collector
+and world-model processes take a thread each. Two threads for the agent beside them would put 4
+threads on 2 cores, where threads waiting on each other made updates several times slower
+(benchmarks/RESULTS.md).
+
 Example (the issue's figures; about 3 x 2 x 45 minutes on 2 CPU cores):
 
     python benchmarks/concurrent_vs_sync.py --budget 20000 --seeds 0 1 2 --target 750 \\
@@ -20,7 +26,6 @@ A smoke test on a tiny budget:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -49,7 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--common-args", default="", help="extra CLI overrides for both modes")
     parser.add_argument("--sync-args", default="", help="extra CLI overrides for the sync runs")
     parser.add_argument("--concurrent-args", default="", help="extra CLI overrides for the concurrent runs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default: all cores)")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="the modes to run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the main process (default: the CLI's 'auto', which leaves concurrent mode's roles their cores)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the MLflow store, logs and table")
     parser.add_argument("--report-only", action="store_true", help="skip training; report what --out holds")
     return parser.parse_args(argv)
@@ -112,13 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         create_store(args.out)
-        threads = args.threads or os.cpu_count() or 1
         for seed in args.seeds:
-            for mode, config in MODES.items():
+            for mode in args.modes:
+                config = MODES[mode]
                 extra = shlex.split(args.common_args) + shlex.split(getattr(args, f"{mode}_args"))
                 name = f"{mode}-seed{seed}"
                 command = run_command(config, extra, args.env, args.budget, seed, name, args.out)
-                run_one(command, args.out / "logs" / f"{name}.log", threads)
+                run_one(command, args.out / "logs" / f"{name}.log", args.threads)
     report = f"{args.env}, budget {args.budget} env steps, seeds {args.seeds}\n\n{table(results(args.out, args.target), args.target)}\n"
     print(report)
     (args.out / "table.md").write_text(report)

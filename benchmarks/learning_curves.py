@@ -65,9 +65,12 @@ def run_command(config: str, extra: list[str], env: str, budget: int, seed: int,
     ]  # fmt: skip
 
 
-def run_one(command: list[str], log: Path, threads: int) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [*command, "--torch_threads", str(threads)]  # the CLI sets torch's threads itself
+def run_one(command: list[str], log: Path, threads: int | None) -> float:
+    """Run ``command`` with ``threads`` torch threads (None: the CLI's 'auto'), its output in ``log``; its seconds."""
+    env = dict(os.environ)
+    if threads is not None:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        command = [*command, "--torch_threads", str(threads)]  # the CLI sets torch's threads itself
     start = time.perf_counter()
     with log.open("w") as f:
         result = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)

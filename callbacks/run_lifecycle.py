@@ -75,7 +75,7 @@ class RunLifecycle(Callback):
         if stopped_by is None or trainer.state.fn != "fit":
             return
         path = final_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint to resume from, said outright
         rank_zero_warn(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
         if isinstance(exception, KeyboardInterrupt) and hasattr(trainer.logger, "end_status"):
             trainer.logger.end_status = "KILLED"

@@ -6,13 +6,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from concurrent_vs_sync import first_reaching  # noqa: E402
-from learning_curves import create_store, curves, table  # noqa: E402
+from learning_curves import create_store, curves, run_one, table  # noqa: E402
 
 
 def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
     start = 1_000_000
     history = [(start + 90_000, 3000, 760.0), (start + 30_000, 1000, 100.0), (start + 60_000, 2000, 750.0)]
     assert first_reaching(history, 750.0, start) == (60.0, 2000)
+
+
+def test_a_run_gets_the_threads_asked_for_or_else_the_cli_s_auto(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    echo = [sys.executable, "-c", "import os, sys; print(sys.argv[1:], os.environ.get('OMP_NUM_THREADS'))"]
+    run_one(echo, tmp_path / "one.log", 1)
+    run_one(echo, tmp_path / "auto.log", None)
+    assert (tmp_path / "one.log").read_text().strip() == "['--torch_threads', '1'] 1"
+    assert (tmp_path / "auto.log").read_text().strip() == "[] None"  # concurrent mode's agent leaves its roles their cores
 
 
 def test_a_run_that_never_reaches_the_target():
