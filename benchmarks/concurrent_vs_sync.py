@@ -7,11 +7,10 @@ return: seconds since the run started (from the metric's timestamp) and env step
 
 Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given: on an idle
 2-core machine that is 2 threads for sync mode and 1 for concurrent mode's agent, whose collector
-and world-model processes take a thread each. Two threads for the agent beside them would put 4
-threads on 2 cores, where threads waiting on each other made updates several times slower
-(benchmarks/RESULTS.md).
+and world-model processes take a thread each. Giving that agent 2 threads anyway was measured no
+faster there (62.1 against 61.4 updates/s; benchmarks/RESULTS.md).
 
-Example (the issue's figures; about 3 x 2 x 45 minutes on 2 CPU cores):
+Example (the issue's figures; about 3 x (21 + 26) minutes on the 2-core machine of RESULTS.md):
 
     python benchmarks/concurrent_vs_sync.py --budget 20000 --seeds 0 1 2 --target 750 \\
         --out benchmarks/results/concurrent_vs_sync
