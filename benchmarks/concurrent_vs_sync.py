@@ -6,9 +6,9 @@ evaluations back from MLflow and prints, side by side, when each run first reach
 return: seconds since the run started (from the metric's timestamp) and env steps.
 
 Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given: on an idle
-2-core machine that is 2 threads for sync mode and 1 for concurrent mode's agent, whose collector
-and world-model processes take a thread each. Giving that agent 2 threads anyway was measured no
-faster there (62.1 against 61.4 updates/s; benchmarks/RESULTS.md).
+2-core machine that is 2 threads in both modes; concurrent mode's agent lends one to the
+world-model process while it retrains, and its collector runs at the lowest priority
+(``nmbrl.concurrent.cores``).
 
 Example (the issue's figures; about 3 x (21 + 26) minutes on the 2-core machine of RESULTS.md):
 

@@ -20,6 +20,7 @@ from tensordict import TensorDictBase
 
 from callbacks.model_training import WorldModelTraining
 from nmbrl.concurrent.collector_role import CollectorRole
+from nmbrl.concurrent.cores import ThreadLending, available_cores, threads_beside
 from nmbrl.concurrent.pacing import Pacing, RemoteCollection
 from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights
 from nmbrl.concurrent.supervisor import RoleProcess
@@ -42,19 +43,31 @@ class CollectorProcess(Callback):
         max_lead: Env steps the collector may run ahead of the step the agent needs next (null: unpaced).
         publish_every: Agent updates between two publications of the policy weights.
         threads: Torch threads of the collector process.
+        nice: Scheduling priority of the collector process, from 0 (normal) to 19 (lowest). Where
+            the cores are short, a low priority lets it step in the moments the agent leaves a core
+            idle instead of stalling the agent's threads (``nmbrl.concurrent.cores``).
         log_every_s: Seconds between two writes of the collector's metrics.
         stop_timeout_s: Seconds the collector gets to stop before it is terminated.
     """
 
     def __init__(
-        self, max_lead: int | None = 250, publish_every: int = 10, threads: int = 1, log_every_s: float = 10.0, stop_timeout_s: float = 10.0
+        self,
+        max_lead: int | None = 250,
+        publish_every: int = 10,
+        threads: int = 1,
+        nice: int = 0,
+        log_every_s: float = 10.0,
+        stop_timeout_s: float = 10.0,
     ) -> None:
         check_at_least_one(publish_every=publish_every, threads=threads)
         if max_lead is not None and max_lead < 0:
             raise ConfigError(f"max_lead={max_lead} must be at least 0, or null for an unpaced collector.")
+        if not 0 <= nice <= 19:
+            raise ConfigError(f"nice={nice} must be from 0 (normal priority) to 19 (lowest); a higher priority needs root.")
         self.max_lead = max_lead
         self.publish_every = publish_every
         self.threads = threads
+        self.nice = nice
         self.log_every_s = log_every_s
         self.stop_timeout_s = stop_timeout_s
         self.process: RoleProcess | None = None
@@ -94,6 +107,7 @@ class CollectorProcess(Callback):
             logger=RoleLogger(mlflow_run_of(trainer)),
             log_every_s=self.log_every_s,
             threads=self.threads,
+            nice=self.nice,
         )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -142,6 +156,10 @@ class WorldModelTrainingProcess(WorldModelTraining):
     callback copies the newest version into its own world model, which the rollouts use. Needs
     ``CollectorProcess`` (the ``collection`` group), which shares the real buffer.
 
+    Where the cores cannot hold the agent's threads and the process's together, the agent drops to
+    what is left while a retraining runs (``nmbrl.concurrent.cores.ThreadLending``), logged as
+    ``agent/torch_threads``.
+
     Args:
         world_model: The ensemble to train.
         every: New env steps needed before the next retraining starts.
@@ -166,6 +184,9 @@ class WorldModelTrainingProcess(WorldModelTraining):
             )
         self.in_use = published_world_model(self.world_model, data.env_steps)
         self.weights = SharedWeights(self.in_use)
+        agent_threads = torch.get_num_threads()
+        while_retraining = threads_beside(agent_threads, self.threads, available_cores())
+        self.lending = ThreadLending(CONTEXT.Value("b", 0, lock=False), agent_threads, while_retraining)
         self.process = RoleProcess(self.make_role(trainer, data.shared), self.stop_timeout_s)
         self.process.start()
 
@@ -177,6 +198,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
             env_steps=shared.env_steps,
             first_at=trainer.datamodule.random_steps + 1,
             every=self.every,
+            retraining=self.lending.retraining,
             logger=RoleLogger(mlflow_run_of(trainer)),
             threads=self.threads,
         )
@@ -187,12 +209,14 @@ class WorldModelTrainingProcess(WorldModelTraining):
         if version is not None:
             self.version = version
         self.process.check()
+        threads = self.lending.apply()
         if trainer.global_step % trainer.log_every_n_steps == 0:
             log_now(
                 trainer,
                 {
                     "agent/world_model_version": self.version,
                     "agent/world_model_age_steps": trainer.datamodule.env_steps - int(self.in_use["env_steps"]),
+                    "agent/torch_threads": threads,
                 },
             )
 
@@ -211,6 +235,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         """Stop the process and take its final weights and optimizer state, for the final checkpoint."""
         if self.process is None:
             return
+        self.lending.restore()
         final = self.process.stop()
         if final is not None:
             state = torch.load(io.BytesIO(final), map_location=self.world_model.device, weights_only=True)

@@ -21,6 +21,7 @@ from callbacks import BranchedRollouts, CollectorProcess, Evaluation, RunLifecyc
 
 from nmbrl.agent import SACAgent
 from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
+from nmbrl.concurrent.cores import available_cores
 from nmbrl.data import RLDataModule
 from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
@@ -29,11 +30,11 @@ from nmbrl.tracking import SaveConfigToRun
 
 TORCH_THREADS_HELP = (
     "Intra-op threads of torch, or 'auto' (the default): the idle cores (cores this process may use, less those "
-    "busy at start and the threads of concurrent mode's roles), shared out between training processes, "
-    "at most 2 each. On the idle 2-core machine benchmarks/throughput.py projects the default job 20-25% faster "
-    "with 2 threads than with 1; but whenever another job shares the cores, threads that wait on each other made "
-    "SAC updates 3.5 times and world-model training 9 times slower than one thread. Pass 1 when you run several "
-    "jobs side by side."
+    "busy at start), shared out between training processes, at most 2 each; concurrent mode's agent lends its "
+    "threads to the world-model trainer while it retrains, where the cores cannot hold both. On the idle 2-core "
+    "machine benchmarks/throughput.py projects the default job 20-25% faster with 2 threads than with 1; but "
+    "whenever another job shares the cores, threads that wait on each other made SAC updates 3.5 times and "
+    "world-model training 9 times slower than one thread. Pass 1 when you run several jobs side by side."
 )
 # 'auto' uses at most this many threads: the only counts measured (benchmarks/RESULTS.md), and the
 # networks are small enough that more threads would mostly wait on each other.
@@ -90,7 +91,7 @@ class NMBRLCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         threads = config.torch_threads
         if threads == "auto":
-            threads = auto_torch_threads(trainer_processes(config.trainer.devices), role_threads(config))
+            threads = auto_torch_threads(trainer_processes(config.trainer.devices))
             rank_zero_info(f"torch_threads=auto: {threads} torch thread(s) per training process.")
         set_torch_threads(threads)
 
@@ -188,14 +189,13 @@ def set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def auto_torch_threads(processes: int = 1, other_threads: int = 0) -> int:
+def auto_torch_threads(processes: int = 1) -> int:
     """Threads for each of ``processes`` training processes: the idle cores shared out, from 1 to ``AUTO_THREADS_CAP``.
 
-    Idle cores are the cores this process may run on, less those busy right now (``busy_cores``)
-    and less ``other_threads`` that processes of this run will start (concurrent mode's roles).
+    Idle cores are the cores this process may run on, less those busy right now (``busy_cores``).
+    Concurrent mode's roles are not counted: they share the agent's cores (``nmbrl.concurrent.cores``).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    idle = cores - round(busy_cores()) - other_threads
+    idle = available_cores() - round(busy_cores())
     return max(1, min(AUTO_THREADS_CAP, idle // max(processes, 1)))
 
 
@@ -230,12 +230,6 @@ def trainer_processes(devices: Any) -> int:
     if isinstance(devices, str) and devices.strip().isdigit():
         devices = int(devices)
     return devices if isinstance(devices, int) and devices > 1 else 1
-
-
-def role_threads(config: Namespace) -> int:
-    """Torch threads of the role processes the config starts besides training (concurrent mode)."""
-    groups = (config.get(key) for key in OPTIONAL_CALLBACKS)
-    return sum(int(group.init_args.get("threads", 0)) for group in groups if isinstance(group, Namespace) and "init_args" in group)
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:

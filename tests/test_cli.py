@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nmbrl import cli
-from nmbrl.cli import AUTO_THREADS_CAP, NMBRLCLI, auto_torch_threads, role_threads, trainer_processes
+from nmbrl.cli import AUTO_THREADS_CAP, NMBRLCLI, auto_torch_threads, trainer_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,6 @@ def test_auto_threads_share_the_idle_cores_between_processes(machine):
 
     assert auto_torch_threads(processes=4) == 1
     assert auto_torch_threads(processes=2) == 2
-    assert auto_torch_threads(processes=1, other_threads=3) == 1
-    assert auto_torch_threads(processes=1, other_threads=2) == 2
 
 
 def test_busy_cores_is_the_non_idle_share_of_the_cpu_time(monkeypatch):
@@ -99,18 +97,6 @@ def test_busy_cores_sees_a_spinning_process():
 @pytest.mark.parametrize(("devices", "processes"), [("auto", 1), (1, 1), (2, 2), ("2", 2), ([0, 1, 2], 3), (-1, 1)])
 def test_trainer_processes_counts_one_per_device(devices, processes):
     assert trainer_processes(devices) == processes
-
-
-def test_role_threads_count_the_concurrent_roles_threads(tmp_path):
-    sync = build_cli(tmp_path, "--torch_threads", "1")
-    concurrent = NMBRLCLI(
-        args=["--config", str(ROOT / "configs/mbpo_async.yaml"), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
-              "--torch_threads", "1", "--collection.init_args.threads", "2"],
-        run=False,
-    )  # fmt: skip
-
-    assert role_threads(sync.config) == 0
-    assert role_threads(concurrent.config) == 3  # collector 2, world-model trainer 1
 
 
 @pytest.mark.parametrize(("load", "threads"), [(0.0, 2), (1.0, 1)])

@@ -35,6 +35,7 @@ class CollectorRole:
         logger: Where the role's metrics go.
         log_every_s: Seconds between metric writes.
         threads: Torch threads of the process.
+        nice: Scheduling priority of the process (0 normal, 19 lowest).
     """
 
     env_name: str
@@ -50,6 +51,7 @@ class CollectorRole:
     logger: RoleLogger
     log_every_s: float = 10.0
     threads: int = 1
+    nice: int = 0
     name: str = "collector"
 
     def run(self, should_stop: StopSignal) -> None:

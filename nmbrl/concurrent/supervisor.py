@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import time
@@ -17,10 +18,14 @@ from nmbrl.errors import RoleFailed
 
 
 class Role(Protocol):
-    """What runs in a role process: ``run`` loops until ``should_stop()`` and may return a final result."""
+    """What runs in a role process: ``run`` loops until ``should_stop()`` and may return a final result.
+
+    ``threads`` are its torch threads, ``nice`` its scheduling priority (0 normal, up to 19 lowest).
+    """
 
     name: str
     threads: int
+    nice: int
 
     def run(self, should_stop: StopSignal) -> Any: ...
 
@@ -40,6 +45,7 @@ def role_main(role: Role, stop_event, errors, results) -> None:
     # Ctrl+C reaches the whole process group; the parent alone decides how the roles stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(role.threads)
+    os.nice(role.nice)
     try:
         results.put(role.run(StopSignal(stop_event)))
     except BaseException:

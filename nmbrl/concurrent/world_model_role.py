@@ -28,8 +28,11 @@ class WorldModelRole:
         env_steps: The run's env-step count, written by the collector.
         first_at: Env steps before the first retraining (the end of random exploration).
         every: New env steps needed before the next retraining starts.
+        retraining: Set to 1 while a retraining runs, so that the agent can lend its threads
+            (``nmbrl.concurrent.cores.ThreadLending``).
         logger: Where the role's metrics go.
         threads: Torch threads of the process.
+        nice: Scheduling priority of the process.
     """
 
     world_model: EnsembleWorldModel
@@ -38,8 +41,10 @@ class WorldModelRole:
     env_steps: Synchronized
     first_at: int
     every: int
+    retraining: Synchronized
     logger: RoleLogger
     threads: int = 1
+    nice: int = 0
     name: str = "world_model"
 
     def run(self, should_stop: StopSignal) -> bytes:
@@ -57,7 +62,11 @@ class WorldModelRole:
     def retrain(self, env_steps: int, should_stop: StopSignal) -> None:
         """Fit the ensemble to the whole real buffer, publish it, and log how long it took."""
         start = time.perf_counter()
-        metrics = self.world_model.fit_transitions(self.buffer[:], should_stop=should_stop)
+        self.retraining.value = 1
+        try:
+            metrics = self.world_model.fit_transitions(self.buffer[:], should_stop=should_stop)
+        finally:
+            self.retraining.value = 0
         seconds = time.perf_counter() - start
         version = self.weights.publish(published_world_model(self.world_model, env_steps))
         now = self.env_steps.value

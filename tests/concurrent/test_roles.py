@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import RandomPolicy
@@ -100,16 +101,28 @@ def random_transitions(env, steps: int):
     return select_transitions(rollout)
 
 
-def test_world_model_role_publishes_a_new_version_for_every_batch_of_new_data():
+def make_world_model_role(transitions: int = 100) -> WorldModelRole:
     env = make_env(ENV, seed=0)
     world_model = EnsembleWorldModel(ensemble_size=2, num_elites=1, hidden_size=8, num_hidden_layers=1, weight_decays=[0.0, 0.0], max_epochs=2)
     world_model.build(env_specs(env), termination_rule(ENV))
-    initial = module_weights(world_model).clone()
     buffer = make_shared_replay_buffer(1000, select_transitions(env.fake_tensordict()))
-    buffer.extend(random_transitions(env, 100))
-    env_steps = CONTEXT.Value("q", 100)
-    weights = SharedWeights(published_world_model(world_model, 0))
-    role = WorldModelRole(world_model, weights, buffer, env_steps, first_at=50, every=20, logger=RoleLogger(None))
+    buffer.extend(random_transitions(env, transitions))
+    return WorldModelRole(
+        world_model,
+        SharedWeights(published_world_model(world_model, 0)),
+        buffer,
+        CONTEXT.Value("q", transitions),
+        first_at=50,
+        every=20,
+        retraining=CONTEXT.Value("b", 0, lock=False),
+        logger=RoleLogger(None),
+    )
+
+
+def test_world_model_role_publishes_a_new_version_for_every_batch_of_new_data():
+    role = make_world_model_role()
+    env, world_model, buffer, env_steps, weights = make_env(ENV, seed=1), role.world_model, role.buffer, role.env_steps, role.weights
+    initial = module_weights(world_model).clone()
     process = RoleProcess(role)
     process.start()
     try:
@@ -126,3 +139,22 @@ def test_world_model_role_publishes_a_new_version_for_every_batch_of_new_data():
     state = torch.load(io.BytesIO(final), weights_only=True)
     assert state["optimizer"]["state"], "the optimizer state comes back for the final checkpoint"
     assert torch.equal(state["world_model"]["network.head.weight"], published["network", "head", "weight"])
+
+
+def test_world_model_role_flags_each_retraining_while_it_runs_and_after_a_failure_too(monkeypatch):
+    role = make_world_model_role()
+    fit = role.world_model.fit_transitions
+    seen = []
+
+    def recording_fit(*args, **kwargs):
+        seen.append(role.retraining.value)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(role.world_model, "fit_transitions", recording_fit)
+    role.retrain(100, should_stop=lambda: False)
+    assert seen == [1] and role.retraining.value == 0
+
+    monkeypatch.setattr(role.world_model, "fit_transitions", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        role.retrain(100, should_stop=lambda: False)
+    assert role.retraining.value == 0, "a failed retraining must not leave the agent short of threads"

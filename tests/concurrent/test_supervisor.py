@@ -21,6 +21,7 @@ class Waiter:
 
     name: str = "waiter"
     threads: int = 1
+    nice: int = 0
 
     def run(self, should_stop: StopSignal) -> str:
         while not should_stop():
@@ -32,6 +33,7 @@ class Waiter:
 class Crasher:
     name: str = "crasher"
     threads: int = 1
+    nice: int = 0
 
     def run(self, should_stop: StopSignal) -> None:
         raise ValueError("injected failure")
@@ -43,6 +45,7 @@ class Stubborn:
 
     name: str = "stubborn"
     threads: int = 1
+    nice: int = 0
 
     def run(self, should_stop: StopSignal) -> None:
         while True:
@@ -72,6 +75,17 @@ def test_a_stopped_role_returns_its_result_and_its_process_ends():
     assert role.stop() == "stopped cleanly"
     assert not role.process.is_alive() and role.process.exitcode == 0
     assert role.stop() is None  # a second stop is harmless
+
+
+def test_a_role_runs_at_its_priority():
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    role = RoleProcess(Waiter(nice=7), stop_timeout_s=30)
+    role.start()
+    try:
+        wait_until(lambda: os.getpriority(os.PRIO_PROCESS, role.process.pid) == min(parent + 7, 19))
+    finally:
+        assert role.stop() == "stopped cleanly"
+    assert os.getpriority(os.PRIO_PROCESS, 0) == parent, "the parent keeps its own priority"
 
 
 def test_a_failed_role_raises_its_own_traceback_in_the_parent():

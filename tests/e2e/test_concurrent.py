@@ -20,7 +20,9 @@ ROLE_METRICS = {
     "world_model": {
         "world_model/updates_per_s", "world_model/version", "world_model/data_age_steps", "time/model_training_s", "model/holdout_mse"
     },
-    "agent": {"time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version"},
+    "agent": {
+        "time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version", "agent/torch_threads"
+    },
 }
 
 
