@@ -10,7 +10,7 @@ Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given:
 world-model process while it retrains, and its collector runs at the lowest priority
 (``nmbrl.concurrent.cores``).
 
-Example (the issue's figures; about 3 x (21 + 26) minutes on the 2-core machine of RESULTS.md):
+Example (the issue's figures; about 3 x (21 + 21) minutes on the 2-core machine of RESULTS.md):
 
     python benchmarks/concurrent_vs_sync.py --budget 20000 --seeds 0 1 2 --target 750 \\
         --out benchmarks/results/concurrent_vs_sync
