@@ -63,6 +63,20 @@ def test_auto_threads_share_the_idle_cores_between_processes(machine):
 
     assert auto_torch_threads(processes=4) == 1
     assert auto_torch_threads(processes=2) == 2
+    assert auto_torch_threads(processes=3) == 1
+    assert auto_torch_threads(processes=1) == AUTO_THREADS_CAP
+
+
+def test_auto_threads_give_the_concurrent_agent_the_cores_its_roles_borrow(tmp_path, machine, restore_torch_threads):
+    # The roles share the agent's cores (nmbrl.concurrent.cores) rather than taking threads from it.
+    machine(2, 0.0)
+    concurrent = ["--config", str(ROOT / "configs/mbpo_async.yaml"), "--trainer.logger", "false"]
+    for args in ([], ["--collection.init_args.threads", "2"]):
+        torch.set_num_threads(1)
+        NMBRLCLI(args=[*concurrent, "--trainer.default_root_dir", str(tmp_path), *args], run=False)
+        assert torch.get_num_threads() == 2
+    build_cli(tmp_path)
+    assert torch.get_num_threads() == 2, "the same as the synchronous mode's"
 
 
 def test_busy_cores_is_the_non_idle_share_of_the_cpu_time(monkeypatch):
