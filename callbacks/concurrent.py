@@ -160,6 +160,9 @@ class WorldModelTrainingProcess(WorldModelTraining):
     what is left while a retraining runs (``nmbrl.concurrent.cores.ThreadLending``), logged as
     ``agent/torch_threads``.
 
+    Rollouts (``BranchedRollouts``) wait for the retraining that starts at their env step, as in
+    synchronous MBPO, instead of imagining with the model one retraining older.
+
     Args:
         world_model: The ensemble to train.
         every: New env steps needed before the next retraining starts.
@@ -167,13 +170,14 @@ class WorldModelTrainingProcess(WorldModelTraining):
         stop_timeout_s: Seconds the process gets to stop (it finishes its epoch) before it is terminated.
     """
 
+    retrains_elsewhere = True
+
     def __init__(self, world_model: EnsembleWorldModel, every: int = 250, threads: int = 1, stop_timeout_s: float = 10.0) -> None:
         super().__init__(world_model, every)
         check_at_least_one(threads=threads)
         self.threads = threads
         self.stop_timeout_s = stop_timeout_s
         self.process: RoleProcess | None = None
-        self.version = 0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         data = trainer.datamodule
@@ -182,7 +186,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
                 "WorldModelTrainingProcess trains on the real buffer that CollectorProcess shares: add "
                 "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml)."
             )
-        self.in_use = published_world_model(self.world_model, data.env_steps)
+        self.in_use = published_world_model(self.world_model, self.trained_on)
         self.weights = SharedWeights(self.in_use)
         agent_threads = torch.get_num_threads()
         while_retraining = threads_beside(agent_threads, self.threads, available_cores())
@@ -208,6 +212,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         version = self.weights.read_into(self.in_use, newer_than=self.version)
         if version is not None:
             self.version = version
+            self.trained_on = int(self.in_use["env_steps"])
         self.process.check()
         threads = self.lending.apply()
         if trainer.global_step % trainer.log_every_n_steps == 0:
@@ -215,7 +220,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
                 trainer,
                 {
                     "agent/world_model_version": self.version,
-                    "agent/world_model_age_steps": trainer.datamodule.env_steps - int(self.in_use["env_steps"]),
+                    "agent/world_model_age_steps": trainer.datamodule.env_steps - self.trained_on,
                     "agent/torch_threads": threads,
                 },
             )

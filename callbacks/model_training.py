@@ -23,10 +23,16 @@ class WorldModelTraining(Callback):
     Under DDP the ranks' real data are gathered, rank 0 trains, and the weights, normaliser
     statistics and elites are broadcast, so every rank imagines with the same model.
 
+    ``version`` counts the models the run has used and ``trained_on`` holds the env steps of the
+    data the one in use was trained on, so that rollouts can tell how fresh it is.
+
     Args:
         world_model: The ensemble to train.
         every: Env steps between retrainings (MBPO's ``model_train_freq``).
     """
+
+    #: Whether retraining runs beside the agent (concurrent mode), so that a new version can be waited for.
+    retrains_elsewhere = False
 
     def __init__(self, world_model: EnsembleWorldModel, every: int = 250) -> None:
         if every < 1:
@@ -34,6 +40,8 @@ class WorldModelTraining(Callback):
         self.world_model = world_model
         self.every = every
         self.next_training_at = 0
+        self.version = 0
+        self.trained_on = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.world_model.network is None:
@@ -48,6 +56,8 @@ class WorldModelTraining(Callback):
         self.next_training_at = (env_steps // self.every + 1) * self.every
         started = time.perf_counter()
         metrics = train_world_model(trainer.strategy, self.world_model, trainer.datamodule.real_buffer[:])
+        self.version += 1
+        self.trained_on = env_steps
         log_now(trainer, {**metrics, "time/model_training_s": time.perf_counter() - started})
 
     def state_dict(self) -> dict[str, Any]:
@@ -55,12 +65,14 @@ class WorldModelTraining(Callback):
             "world_model": self.world_model.state_dict(),
             "optimizer": self.world_model.optimizer.state_dict(),
             "next_training_at": self.next_training_at,
+            "trained_on": self.trained_on,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.world_model.load_state_dict(state_dict["world_model"])
         self.world_model.optimizer.load_state_dict(state_dict["optimizer"])
         self.next_training_at = state_dict["next_training_at"]
+        self.trained_on = state_dict.get("trained_on", 0)  # absent from checkpoints before it was kept
 
 
 def train_world_model(strategy: Strategy, world_model: EnsembleWorldModel, real: TensorDictBase) -> dict[str, float]:
@@ -88,9 +100,14 @@ def gather_transitions(strategy: Strategy, data: TensorDictBase) -> TensorDictBa
 
 def world_model_of(trainer: Trainer) -> EnsembleWorldModel:
     """The world model of the run, owned by its ``WorldModelTraining`` callback."""
+    return model_training_of(trainer).world_model
+
+
+def model_training_of(trainer: Trainer) -> WorldModelTraining:
+    """The run's ``WorldModelTraining`` callback."""
     for callback in trainer.callbacks:
         if isinstance(callback, WorldModelTraining):
-            return callback.world_model
+            return callback
     raise ConfigError(
         "BranchedRollouts needs a world model: add a callbacks.WorldModelTraining entry before it in trainer.callbacks "
         "(see configs/mbpo.yaml)."

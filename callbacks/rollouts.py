@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.model_training import world_model_of
+from callbacks.model_training import model_training_of
 from nmbrl.data import model_buffer_capacity
 from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.rollouts import branched_rollout, check_rollout_schedule, rollout_horizon
@@ -16,6 +16,11 @@ from nmbrl.tracking import log_now
 
 class BranchedRollouts(Callback):
     """Every ``every`` env steps, roll the current policy out in the world model from real states.
+
+    Where the world model retrains beside the agent (concurrent mode), a rollout that is due waits
+    for a model newer than the last rollout's, the one retrained on the env steps up to it; the
+    agent keeps training meanwhile. Logged: ``rollout/world_model_age_steps``, env steps the model
+    has not seen.
 
     The horizon follows ``schedule`` over epochs; the model buffer keeps ``retain_epochs`` epochs
     of imagined data (MBPO's formula) and is resized, not wiped, when the horizon grows.
@@ -51,13 +56,18 @@ class BranchedRollouts(Callback):
         self.schedule = schedule
         self.retain_epochs = retain_epochs
         self.next_rollout_at = 0
+        self.rolled_out_with: int | None = None  # the world-model version of the last rollout
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        data, world_model = trainer.datamodule, world_model_of(trainer)
+        data, training = trainer.datamodule, model_training_of(trainer)
+        world_model = training.world_model
         # No model buffer yet with a trained model: resumed from a checkpoint without imagined data.
         due = data.env_steps >= self.next_rollout_at or data.model_buffer is None
         if not due or not world_model.trained:
             return
+        if training.retrains_elsewhere and training.version == self.rolled_out_with:
+            return  # its retraining on the steps up to here is under way: roll out with the result
+        self.rolled_out_with = training.version
         self.next_rollout_at = (data.env_steps // self.every + 1) * self.every
         started = time.perf_counter()
         horizon = rollout_horizon(trainer.current_epoch, self.schedule)
@@ -73,6 +83,7 @@ class BranchedRollouts(Callback):
                 "rollout/horizon": horizon,
                 "rollout/model_buffer_size": len(data.model_buffer),
                 "rollout/kept_fraction": imagined.shape[0] / (self.batch_size * horizon),
+                "rollout/world_model_age_steps": data.env_steps - training.trained_on,
                 "time/rollout_s": time.perf_counter() - started,
             },
         )

@@ -12,7 +12,7 @@ from nmbrl.data import TRANSITION_KEYS, make_replay_buffer
 from nmbrl.envs import env_specs, make_env
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
-from callbacks import BranchedRollouts
+from callbacks import BranchedRollouts, WorldModelTraining
 from nmbrl.rollouts import alive_mask, branched_rollout, check_rollout_schedule, confident_mask, rollout_horizon
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -286,3 +286,68 @@ def test_rollouts_leave_out_the_steps_the_model_is_least_sure_of(pendulum, monke
     assert imagined.shape[0] == int(kept.sum()) == 48
     torch.testing.assert_close(imagined["observation"], start["observation"][kept])
 
+
+
+# --- when the callback rolls out --------------------------------------------------------------
+
+
+class ModelTrainingElsewhere(WorldModelTraining):
+    """A world-model callback whose retraining runs beside the agent, as in concurrent mode."""
+
+    retrains_elsewhere = True
+
+    def receive(self, trained_on: int) -> None:
+        """What concurrent mode does when a newer published version arrives."""
+        self.version += 1
+        self.trained_on = trained_on
+
+
+class RolloutHarness:
+    """Just enough of a trainer to drive ``BranchedRollouts.on_train_batch_start`` step by step."""
+
+    def __init__(self, pendulum: SimpleNamespace, training: WorldModelTraining) -> None:
+        self.logged: list[dict] = []
+        data = SimpleNamespace(
+            env_steps=0,
+            env=pendulum.env,
+            real_buffer=pendulum.buffer,
+            model_buffer=None,
+            epoch_length=100,
+        )
+        data.resize_model_buffer = lambda capacity: setattr(data, "model_buffer", data.model_buffer or make_replay_buffer(capacity))
+        logger = SimpleNamespace(log_metrics=lambda metrics, step: self.logged.append(metrics))
+        self.trainer = SimpleNamespace(datamodule=data, callbacks=[training], loggers=[logger], current_epoch=0)
+        self.module = SimpleNamespace(policy=pendulum.policy)
+        self.rollouts = BranchedRollouts(every=100, batch_size=8, schedule=[1, 5, 1, 1])
+
+    def step_to(self, env_steps: int) -> list[int]:
+        """Advance to ``env_steps``; the env steps at which rollouts happened so far."""
+        self.trainer.datamodule.env_steps = env_steps
+        self.rollouts.on_train_batch_start(self.trainer, self.module, None, 0)
+        return [metrics["env_steps"] for metrics in self.logged]
+
+
+def test_a_due_rollout_waits_for_the_model_retrained_beside_the_agent(pendulum):
+    training = ModelTrainingElsewhere(pendulum.world_model, every=100)
+    harness = RolloutHarness(pendulum, training)
+    training.receive(trained_on=0)
+
+    assert harness.step_to(10) == [10]
+    assert harness.step_to(100) == [10]  # due, but the retraining on the first 100 steps is not back yet
+    assert harness.step_to(120) == [10]
+    training.receive(trained_on=101)
+    assert harness.step_to(121) == [10, 121]
+    assert harness.logged[-1]["rollout/world_model_age_steps"] == 20
+    assert harness.step_to(150) == [10, 121]  # a newer model alone is not enough: the next rollout is due at 200
+    training.receive(trained_on=140)
+    assert harness.step_to(200) == [10, 121, 200]
+
+
+def test_a_due_rollout_uses_the_model_at_hand_when_it_retrains_in_process(pendulum):
+    # Synchronous MBPO retrains just before the rollout, in the same update; nothing is waited for.
+    training = WorldModelTraining(pendulum.world_model, every=100)
+    harness = RolloutHarness(pendulum, training)
+
+    assert harness.step_to(10) == [10]
+    assert harness.step_to(100) == [10, 100]
+    assert harness.logged[-1]["rollout/world_model_age_steps"] == 100

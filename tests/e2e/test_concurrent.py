@@ -21,7 +21,8 @@ ROLE_METRICS = {
         "world_model/updates_per_s", "world_model/version", "world_model/data_age_steps", "time/model_training_s", "model/holdout_mse"
     },
     "agent": {
-        "time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version", "agent/torch_threads"
+        "time/updates_per_s", "agent/world_model_version", "agent/world_model_age_steps", "agent/policy_version", "agent/torch_threads",
+        "rollout/world_model_age_steps",
     },
 }
 
@@ -74,6 +75,7 @@ def test_concurrent_fit_runs_three_roles_into_one_mlflow_run(store: Path) -> Non
     # Weights flow: the collector acts with newer and newer policies, the agent imagines with newer models.
     assert max(metric_values(store, run, "collector/policy_version")) > 1
     assert max(metric_values(store, run, "agent/world_model_version")) >= 2
+    assert len(metric_values(store, run, "rollout/horizon")) >= 2  # rollouts wait for new models, and get them
     assert run.data.metrics["env_steps"] >= 400
     assert last_checkpoint(store, run).is_file()
 
