@@ -246,6 +246,8 @@ class WorldModelTrainingProcess(WorldModelTraining):
             state = torch.load(io.BytesIO(final), map_location=self.world_model.device, weights_only=True)
             self.world_model.load_state_dict(state["world_model"])
             self.world_model.optimizer.load_state_dict(state["optimizer"])
+            if state["trained_on"] is not None:  # None: stopped before its first retraining
+                self.trained_on = state["trained_on"]
 
 
 def published_policy(pl_module: LightningModule) -> TensorDictBase:

@@ -287,7 +287,6 @@ def test_rollouts_leave_out_the_steps_the_model_is_least_sure_of(pendulum, monke
     torch.testing.assert_close(imagined["observation"], start["observation"][kept])
 
 
-
 # --- when the callback rolls out --------------------------------------------------------------
 
 

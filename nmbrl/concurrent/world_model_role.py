@@ -57,7 +57,7 @@ class WorldModelRole:
                 continue
             self.retrain(env_steps, should_stop)
             trained_on = env_steps
-        return self.final_state()
+        return self.final_state(trained_on)
 
     def retrain(self, env_steps: int, should_stop: StopSignal) -> None:
         """Fit the ensemble to the whole real buffer, publish it, and log how long it took."""
@@ -78,10 +78,14 @@ class WorldModelRole:
         }
         self.logger.log(metrics, now)
 
-    def final_state(self) -> bytes:
-        """The weights and optimizer state, for the parent's final checkpoint."""
+    def final_state(self, trained_on: int | None) -> bytes:
+        """The weights, optimizer state and env steps of their data, for the parent's final checkpoint."""
         # Bytes rather than tensors: tensors sent through a queue vanish if the sender exits first.
-        state = {"world_model": self.world_model.state_dict(), "optimizer": self.world_model.optimizer.state_dict()}
+        state = {
+            "world_model": self.world_model.state_dict(),
+            "optimizer": self.world_model.optimizer.state_dict(),
+            "trained_on": trained_on,
+        }
         stream = io.BytesIO()
         torch.save(state, stream)
         return stream.getvalue()

@@ -138,6 +138,7 @@ def test_world_model_role_publishes_a_new_version_for_every_batch_of_new_data():
     assert not torch.equal(published["network", "head", "weight"], initial["network", "head", "weight"])
     state = torch.load(io.BytesIO(final), weights_only=True)
     assert state["optimizer"]["state"], "the optimizer state comes back for the final checkpoint"
+    assert state["trained_on"] == 120, "and the env steps of the data the final weights saw"
     assert torch.equal(state["world_model"]["network.head.weight"], published["network", "head", "weight"])
 
 
