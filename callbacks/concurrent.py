@@ -180,6 +180,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         self.process: RoleProcess | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
         data = trainer.datamodule
         if data.shared is None:
             raise ConfigError(
@@ -196,7 +197,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
 
     def make_role(self, trainer: Trainer, shared: SharedRealData) -> WorldModelRole:
         return WorldModelRole(
-            world_model=copy.deepcopy(self.world_model).cpu(),
+            world_model=copy.deepcopy(self.world_model).move_to("cpu"),
             weights=self.weights,
             buffer=shared.buffer,
             env_steps=shared.env_steps,

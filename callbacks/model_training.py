@@ -47,7 +47,11 @@ class WorldModelTraining(Callback):
         if self.world_model.network is None:
             data = trainer.datamodule
             self.world_model.build(data.specs, termination_rule(data.env_name))
-        self.world_model.to(pl_module.device)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Here, not in setup: Lightning moves the agent to its device (a GPU) after the setup hooks.
+        # Rollouts need the world model beside the policy that acts in them.
+        self.world_model.move_to(pl_module.device)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         env_steps = trainer.datamodule.env_steps

@@ -1,5 +1,6 @@
 """Branched rollouts: the horizon schedule, the alive mask and imagined rollouts on a real env spec."""
 
+import copy
 import re
 from types import SimpleNamespace
 
@@ -350,3 +351,14 @@ def test_a_due_rollout_uses_the_model_at_hand_when_it_retrains_in_process(pendul
     assert harness.step_to(10) == [10]
     assert harness.step_to(100) == [10, 100]
     assert harness.logged[-1]["rollout/world_model_age_steps"] == 100
+
+
+def test_the_world_model_joins_the_agent_on_its_device_at_fit_start(pendulum):
+    # Lightning moves the agent to its device (a GPU) after the setup hooks and before fit starts;
+    # the policy acts in the world model's rollouts, so both must end up on the same device.
+    training = WorldModelTraining(copy.deepcopy(pendulum.world_model))
+    agent_elsewhere = SimpleNamespace(device=torch.device("meta"))  # a device other than the CPU, available everywhere
+
+    training.on_fit_start(SimpleNamespace(), agent_elsewhere)
+
+    assert {t.device.type for t in [*training.world_model.parameters(), *training.world_model.buffers()]} == {"meta"}

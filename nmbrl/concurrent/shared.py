@@ -69,7 +69,8 @@ class SharedWeights:
     """
 
     def __init__(self, template: TensorDictBase) -> None:
-        template = template.detach().clone().update({"published_at": torch.zeros((), dtype=torch.float64)})
+        # In host memory whatever the template's device: role processes run on the CPU.
+        template = template.detach().to("cpu").clone().update({"published_at": torch.zeros((), dtype=torch.float64)})
         self.slots = [template.clone().share_memory_() for _ in range(2)]
         self.version = CONTEXT.Value("q", 0)
 

@@ -101,6 +101,15 @@ class EnsembleWorldModel(LightningModule):
         self.termination_rule = None if learn else termination_rule
         self.optimizer = self.configure_optimizers()
 
+    def move_to(self, device: torch.device | str) -> EnsembleWorldModel:
+        """Move the weights and the optimizer's state, which ``Module.to`` leaves behind, to ``device``."""
+        self.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    state[key] = value.to(device)
+        return self
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
             # Fused: the same Adam update in one kernel, about 7% faster per epoch on CPU.

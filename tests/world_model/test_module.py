@@ -322,3 +322,15 @@ def test_default_optimizer_is_fused_adam_at_lr_1e_3():
 
     assert isinstance(model.optimizer, torch.optim.Adam)
     assert model.optimizer.defaults["fused"] and model.optimizer.defaults["lr"] == 1e-3
+
+
+def test_move_to_takes_the_optimizer_state_along(fitted):
+    # `Module.to` leaves Adam's moments where they were: the next step on a GPU would mix devices.
+    model = copy.deepcopy(fitted[0])
+    assert model.optimizer.state, "the fitted model has optimizer state to move"
+
+    model.move_to("meta")  # a device other than the CPU, available everywhere
+
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    moved = [v for state in model.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    assert moved and {t.device.type for t in moved} == {"meta"}
