@@ -4,9 +4,14 @@ Builds the agent, data module and callbacks from a config exactly as ``cli.py fi
 the buffers with synthetic transitions of the right shapes (costs do not depend on the values),
 and times each phase on its own:
 
-- SAC updates/s: a bare ``SACLoss`` step on one fixed batch, batch sampling alone, and the real
-  Lightning training loop (batch sampling and mixing, one collected env step per
-  ``updates_per_step`` updates, hooks, progress bar);
+- the compute ceiling: 256x256 matrix products per second, over the 16 such products (forward
+  equivalents at batch 256) that one SAC update of 2x256 networks needs;
+- SAC updates/s: the bare update on one fixed batch (the agent's own, TorchRL's ``SACLoss`` +
+  ``SoftUpdate`` it replaces, and with ``--compile`` the compiled one), batch sampling alone, and
+  the real Lightning training loop (an env step's batches sampled together, one collected env
+  step per ``updates_per_step`` updates, hooks, progress bar);
+- the peer: Stable-Baselines3's own ``SAC.train`` with the same network sizes, batch and
+  threads (``pip install -e ".[bench]"``; the row is left out without it);
 - env steps/s of collection, random and with the policy;
 - seconds per world-model epoch at two real-buffer sizes (the cost is linear in between);
 - seconds per branched rollout at horizon 1 and at the schedule's longest horizon;
@@ -16,7 +21,7 @@ It prints a markdown table and projects the wall-clock of one full run of the co
 figures, with world-model retraining at the config's epoch cap unless ``--retrain-epochs`` says
 otherwise (the cap is an upper bound: early stopping often ends a retraining sooner).
 
-Example (about 2 minutes on 2 cores; Lightning's own output goes to stderr):
+and the ratios between them. Example (about 3 minutes on 2 cores; Lightning's own output goes to stderr):
 
     python benchmarks/throughput.py --config configs/mbpo.yaml --threads 1 2>/dev/null
 
@@ -37,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 from lightning.pytorch import Callback
 from tensordict import TensorDict, TensorDictBase
@@ -44,6 +50,9 @@ from tensordict import TensorDict, TensorDictBase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 import nmbrl.envs  # noqa: F401  (sets MUJOCO_GL before anything imports MuJoCo)
 from callbacks import BranchedRollouts, Evaluation, WorldModelTraining
+from nmbrl.agent import DivergenceGuard
+from nmbrl.agent.sac import compile_losses
+from nmbrl.agent.update import Networks, as_batch
 from nmbrl.cli import NMBRLCLI
 from nmbrl.data import model_buffer_capacity
 from nmbrl.data.buffers import make_replay_buffer
@@ -64,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CLI's --torch_threads)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall-clock time, or this process's CPU time")
     parser.add_argument("--updates", type=int, default=400, help="SAC updates timed in each SAC measurement")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled update (about 30 s to compile)")
+    parser.add_argument("--skip-peer", action="store_true", help="leave out the Stable-Baselines3 row")
     parser.add_argument("--real", type=int, default=20_000, help="real transitions in the buffer (late-run size)")
     parser.add_argument("--imagined", type=int, default=100_000, help="imagined transitions in the model buffer")
     parser.add_argument("--collect-steps", type=int, default=300, help="env steps timed for each collection mode")
@@ -150,8 +161,14 @@ def per_second(fn: Callable[[], object], calls: int, warmup: int = 30) -> float:
 # --- SAC -----------------------------------------------------------------------------------
 
 
-def bare_sac_step(run: Run) -> Callable[[], None]:
-    """One SACLoss update on a fixed batch, as in TorchRL's SAC example: no sampling, no Lightning."""
+def matmul_rate(size: int = 256, calls: int = 600) -> float:
+    """``size x size`` by ``size x size`` matrix products per second with the current torch threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return per_second(lambda: torch.mm(a, b), calls, warmup=50)
+
+
+def library_sac_step(run: Run) -> Callable[[], None]:
+    """One TorchRL ``SACLoss`` + ``SoftUpdate`` update on a fixed batch, as in TorchRL's SAC example."""
     agent, batch = run.agent, run.data.sample_batch()
     optimizer = agent.configure_optimizers()
 
@@ -166,31 +183,82 @@ def bare_sac_step(run: Run) -> Callable[[], None]:
     return step
 
 
+def agent_sac_step(run: Run, compute=None) -> Callable[[], None]:
+    """One update of ``SACAgent.update`` on a fixed batch, without Lightning (nor its divergence check)."""
+    agent, batch = run.agent, as_batch(run.data.sample_batch())
+    optimizer = agent.configure_optimizers()
+    networks = Networks.of(agent.loss_module)
+    targets, sources = networks.polyak_pairs()
+
+    def step() -> None:
+        noise = torch.randn((2, *batch.action.shape))
+        losses = networks.losses(batch, noise[0], noise[1], compute)
+        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(targets, sources, 1 - agent.target_update.eps)
+
+    return step
+
+
+def peer_sac_rate(run: Run, updates: int) -> float | None:
+    """Stable-Baselines3 ``SAC.train`` updates/s with the config's sizes and batch; None without SB3."""
+    try:
+        from stable_baselines3 import SAC
+        from stable_baselines3.common.logger import configure
+    except ImportError:
+        return None
+    specs, data, threads = run.data.specs, run.data, torch.get_num_threads()
+    low, high = specs.action_spec.space.low.numpy(), specs.action_spec.space.high.numpy()
+    env = SpacesOnly(gym.spaces.Box(-10, 10, (specs.observation_dim,)), gym.spaces.Box(low, high))
+    hidden = run.agent.hparams.hidden_sizes
+    model = SAC("MlpPolicy", env, batch_size=data.batch_size, policy_kwargs={"net_arch": hidden}, device="cpu", seed=0)
+    model.set_logger(configure(None, []))
+    torch.set_num_threads(threads)  # the same threads as every other row
+    rows = synthetic_transitions(10_000, specs.observation_dim, specs.action_dim)
+    for row in range(len(rows)):
+        t = rows[row]
+        model.replay_buffer.add(
+            t["observation"].numpy(), t["next", "observation"].numpy(), t["action"].numpy(),
+            t["next", "reward"].numpy(), t["next", "done"].numpy(), [{}],
+        )  # fmt: skip
+    return per_second(lambda: model.train(gradient_steps=1, batch_size=data.batch_size), updates)
+
+
+class SpacesOnly(gym.Env):
+    """Just the spaces SB3 builds its networks from; it is never stepped here."""
+
+    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box) -> None:
+        self.observation_space, self.action_space = observation_space, action_space
+
+
 class LoopTimer(Callback):
-    """Times the training loop from batch ``warmup`` to the last batch."""
+    """Times the training loop's agent updates from batch ``warmup`` (one env step's updates) to the last batch."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.start = self.end = 0.0
-        self.batches = 0
+        self.first_update = self.updates = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
-            self.start = clock()
+            self.start, self.first_update = clock(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.end = clock()
-        self.batches = batch_idx + 1 - self.warmup
+        self.updates = trainer.global_step - self.first_update
 
 
-def lightning_loop_rate(run: Run, warmup: int = 20) -> float:
+def lightning_loop_rate(run: Run, warmup: int = 4) -> float:
     """Updates/s of ``trainer.fit`` without the MBPO callbacks: sampling, collection, hooks and all."""
     timer = LoopTimer(warmup)
     run.cli.trainer.callbacks.append(timer)
     run.data.random_steps = 0
     run.data.env_steps = 0  # an epoch runs up to data.epoch_end env steps: start it from zero
     run.cli.trainer.fit(run.agent, datamodule=run.data)
-    return timer.batches / (timer.end - timer.start)
+    return timer.updates / (timer.end - timer.start)
 
 
 # --- the other phases -----------------------------------------------------------------------
@@ -243,7 +311,11 @@ def evaluation_seconds(run: Run) -> float:
 
 @dataclass
 class Figures:
+    matmul: float  # 256^3 products per second
+    library_sac: float
     bare_sac: float
+    compiled_sac: float | None
+    peer_sac: float | None
     sampling: float
     loop: float
     collect_random: float
@@ -292,8 +364,12 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
     h_lo, h_hi = sorted(f.rollout)
     cap = run.wm_epoch_cap
     rows = [
-        ("SAC update, bare SACLoss step (fixed batch)", f"{f.bare_sac:.1f} updates/s"),
-        (f"batch sampling + mixing (real_ratio {data.real_ratio})", f"{f.sampling:.0f} batches/s"),
+        ("256x256 matrix products (the ceiling: 16 per update)", f"{f.matmul:.0f}/s, ceiling {f.matmul / 16:.0f} updates/s"),
+        ("SAC update, TorchRL SACLoss + SoftUpdate (fixed batch)", f"{f.library_sac:.1f} updates/s"),
+        ("SAC update, the agent's (fixed batch)", f"{f.bare_sac:.1f} updates/s"),
+        *([("SAC update, the agent's, compiled (fixed batch)", f"{f.compiled_sac:.1f} updates/s")] if f.compiled_sac else []),
+        *([("SAC update, Stable-Baselines3 SAC.train (peer)", f"{f.peer_sac:.1f} updates/s")] if f.peer_sac else []),
+        (f"batch sampling + mixing (real_ratio {data.real_ratio}), an env step's {data.updates_per_step} at once", f"{f.sampling:.0f} batches/s"),
         ("SAC update, Lightning loop (sampling, collection, hooks)", f"{f.loop:.1f} updates/s"),
         ("collection, random policy", f"{f.collect_random:.0f} env steps/s"),
         ("collection, agent policy", f"{f.collect_policy:.0f} env steps/s"),
@@ -315,6 +391,25 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
     for name, seconds in projection.items():
         print(f"| {name} | {seconds / 60:.1f} |")
     print(f"| **total** | **{sum(projection.values()) / 60:.1f}** |")
+    print("\nRatios\n\n| ratio | value |\n| --- | --- |")
+    for name, value in ratios(f).items():
+        print(f"| {name} | {value:.2f} |")
+
+
+def ratios(f: Figures) -> dict[str, float]:
+    """The issue's yardsticks: the agent's update against the ceiling, TorchRL's loss and the peer."""
+    ceiling = f.matmul / 16
+    found = {
+        "bare update / ceiling": f.bare_sac / ceiling,
+        "bare update / SACLoss update": f.bare_sac / f.library_sac,
+        "in-loop update / bare update": f.loop / f.bare_sac,
+    }
+    if f.compiled_sac:
+        found["compiled / eager bare update"] = f.compiled_sac / f.bare_sac
+    if f.peer_sac:
+        found["in-loop update / SB3 SAC.train"] = f.loop / f.peer_sac
+        found["bare update / SB3 SAC.train"] = f.bare_sac / f.peer_sac
+    return found
 
 
 def measure(run: Run, args: argparse.Namespace) -> Figures:
@@ -323,15 +418,20 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     data.resize_model_buffer(args.imagined)
     data.model_buffer.extend(synthetic_transitions(args.imagined, specs.observation_dim, specs.action_dim))
     data.env_steps = args.real
-    bare = per_second(bare_sac_step(run), args.updates)
-    sampling = per_second(data.sample_batch, args.updates)
+    matmul = matmul_rate()
+    library = per_second(library_sac_step(run), args.updates)
+    bare = per_second(agent_sac_step(run), args.updates)
+    compiled = per_second(agent_sac_step(run, compile_losses(torch.device("cpu"))), args.updates) if args.compile else None
+    peer = None if args.skip_peer else peer_sac_rate(run, args.updates)
+    per_step = data.updates_per_step
+    sampling = per_second(data.sample_step_batches, max(args.updates // per_step, 3)) * per_step
     collect_random, collect_policy = collection_rates(run, args.collect_steps)
     wm_epoch = world_model_epoch_seconds(run, [max(args.real // 4, 1000), args.real], args.wm_epochs)
     longest = max(run.rollouts.schedule[2:])
     rollout = {h: rollout_seconds(run, h) for h in sorted({1, longest if longest > 1 else 2})}
     evaluation = evaluation_seconds(run)
     loop = lightning_loop_rate(run)  # last: fitting tears the data module down
-    return Figures(bare, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation)
+    return Figures(matmul, library, bare, compiled, peer, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("torchrl").setLevel(logging.WARNING)
     clock = CLOCKS[args.clock]
     with tempfile.TemporaryDirectory() as root:
-        run = build_run(args.config, args.updates + 20, args.threads, args.cli_args, root)
+        # The loop is timed after 4 env steps' updates of warm-up.
+        run = build_run(args.config, 2 * args.updates + 100, args.threads, args.cli_args, root)
         print_report(run, measure(run, args), args)
 
 

@@ -1,6 +1,9 @@
-"""Soft Actor-Critic as a LightningModule, built on TorchRL's SACLoss and SoftUpdate."""
+"""Soft Actor-Critic as a LightningModule: TorchRL's SACLoss holds the networks, ``update`` computes its losses fast."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import torch
 from lightning.pytorch import LightningModule
@@ -13,12 +16,14 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
+from nmbrl.agent.update import Batch, Networks, as_batch, sac_losses
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now
 
-LOSS_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha")
+# What inductor looks for to build its CPU kernels (torch._inductor.cpp_builder), $CXX first.
+CXX_CANDIDATES = ("g++", "clang++", "c++")
 # Test episodes end with the environment's own time limit (1000 steps for the supported tasks); this only stops a runaway.
 TEST_EPISODE_STEP_CAP = 100_000
 
@@ -44,6 +49,14 @@ class SACAgent(LightningModule):
             towards the actor after each update, and evaluate and test that average instead of the
             actor (data are still collected with the actor). 5e-4 averages over about the last 2000
             updates. None (default): evaluate the actor itself.
+        compile: Compile the update's losses and their gradients with ``torch.compile`` (with CUDA
+            graphs on a GPU). The first update then waits for the compilation (about 30 s on 2 CPU
+            cores). Off by default: on CPU it measured no faster (``benchmarks/RESULTS.md``).
+
+    Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
+    ``training_step`` makes ``U`` updates of it. The losses are SACLoss's, computed by
+    ``nmbrl.agent.update`` on SACLoss's own parameters (tested against SACLoss itself), so
+    checkpoints, the policy and the optimizer are TorchRL's.
 
     An update whose losses are NaN, infinite or exploding is not stepped on: it is skipped, the
     last good weights come back (see ``nmbrl.agent.divergence``), ``train/rejected_updates``
@@ -62,6 +75,7 @@ class SACAgent(LightningModule):
         max_loss_ratio: float = 1e4,
         divergence_patience: int = 10,
         averaged_policy_tau: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if max_loss_ratio <= 1:
@@ -69,16 +83,21 @@ class SACAgent(LightningModule):
         check_at_least_one(divergence_patience=divergence_patience)
         if averaged_policy_tau is not None and not 0 < averaged_policy_tau <= 1:
             raise ConfigError(f"averaged_policy_tau={averaged_policy_tau} must be in (0, 1], or null to evaluate the actor itself.")
+        if compile:
+            check_compiler()
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.loss_module: SACLoss | None = None
         self.averaged_actor: AveragedModel | None = None
         self.guard: DivergenceGuard | None = None
+        self.networks: Networks | None = None
+        self.polyak_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.compiled_losses = None
         self.test_results: list[tuple[float, int]] = []
 
     def build(self, specs: EnvSpecs) -> None:
-        """Create actor, critics, loss and target updater for an environment."""
+        """Create actor, critics and their loss (parameters and target critics included) for an environment."""
         hp = self.hparams
         actor = make_actor(specs.observation_dim, specs.action_spec, hp.hidden_sizes)
         critic = make_critic(specs.observation_dim, specs.action_dim, hp.hidden_sizes, hp.critic_layer_norm)
@@ -95,6 +114,7 @@ class SACAgent(LightningModule):
         # SACLoss registers its target-entropy buffer on first use; do it now so that a fresh
         # agent has the same state_dict keys as a checkpointed one.
         self.loss_module.target_entropy
+        # The target critics' rule; `update` takes its step on all their tensors at once.
         self.target_update = SoftUpdate(self.loss_module, tau=hp.tau)
         if hp.averaged_policy_tau is not None:
             self.averaged_actor = AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(1 - hp.averaged_policy_tau))
@@ -123,7 +143,8 @@ class SACAgent(LightningModule):
         return self.optimizer_factory(params)
 
     def on_train_start(self) -> None:
-        # After any checkpoint is restored, so the first snapshot holds the resumed weights.
+        # After any checkpoint is restored, so the first snapshot holds the resumed weights, and
+        # after Lightning has moved the agent to its device.
         self.guard = DivergenceGuard(
             self.loss_module,
             self.optimizers().optimizer,
@@ -131,20 +152,32 @@ class SACAgent(LightningModule):
             max_loss_ratio=self.hparams.max_loss_ratio,
             patience=self.hparams.divergence_patience,
         )
+        self.networks = Networks.of(self.loss_module)
+        self.polyak_pairs = self.networks.polyak_pairs()
+        if self.hparams.compile and self.compiled_losses is None:
+            self.compiled_losses = compile_losses(self.device)
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
-        losses = self.loss_module(batch)
-        checked = self.guard.values({key: losses[key] for key in LOSS_KEYS})
+        """``U`` updates on a ``U x B`` batch (one env step's batches), or one on a ``B`` batch."""
+        batches = as_batch(batch if batch.ndim == 2 else batch.unsqueeze(0))
+        for update in range(batch.shape[0] if batch.ndim == 2 else 1):
+            self.update(batches[update])
+
+    def update(self, batch: Batch) -> None:
+        """One SAC update: losses, divergence check, optimizer step, target critics, averaged policy."""
+        noise = torch.randn((2, *batch.action.shape), device=batch.action.device)
+        losses = self.networks.losses(batch, noise[0], noise[1], self.compiled_losses)
+        checked = self.guard.values({"loss_actor": losses.actor, "loss_qvalue": losses.critic, "loss_alpha": losses.alpha_loss})
         problem = self.guard.problem(checked)
         if problem is not None:
             self.reject_update(problem)
             return
-        loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(losses.total)
         optimizer.step()
-        self.target_update.step()
+        with torch.no_grad():  # SoftUpdate's step (target.lerp_(source, 1 - eps)), in one call for all tensors
+            torch._foreach_lerp_(*self.polyak_pairs, 1 - self.target_update.eps)
         if self.averaged_actor is not None:
             self.averaged_actor.update_parameters(self.policy)
         self.guard.accept(checked)
@@ -156,8 +189,8 @@ class SACAgent(LightningModule):
                     "train/critic_loss": checked["loss_qvalue"],
                     "train/actor_loss": checked["loss_actor"],
                     "train/alpha_loss": checked["loss_alpha"],
-                    "train/alpha": losses["alpha"].item(),
-                    "train/entropy": losses["entropy"].item(),
+                    "train/alpha": losses.alpha.item(),
+                    "train/entropy": losses.entropy.item(),
                 },
             )
 
@@ -182,3 +215,24 @@ class SACAgent(LightningModule):
         episode_return = float(episode["next", "reward"].sum())
         self.test_results.append((episode_return, episode.shape[0] * data.action_repeat))  # env steps
         self.log("test/return_mean", episode_return, on_epoch=True, batch_size=1)
+
+
+def check_compiler() -> None:
+    """ConfigError unless torch.compile can build kernels here: it needs a C++ compiler."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else CXX_CANDIDATES
+    if not any(shutil.which(name) for name in candidates):
+        raise ConfigError(
+            f"model.compile=true needs a C++ compiler for torch.compile, and none of {', '.join(candidates)} was found. "
+            "Install one (Debian/Ubuntu: sudo apt-get install g++) or set --model.compile false."
+        )
+
+
+def compile_losses(device: torch.device):
+    """``sac_losses`` under ``torch.compile``: with CUDA graphs on a GPU, plain kernels on CPU."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ConfigError("model.compile=true on a GPU needs Triton (pip install triton), or set --model.compile false.")
+        return torch.compile(sac_losses, mode="reduce-overhead")
+    return torch.compile(sac_losses)

@@ -47,11 +47,29 @@ def sample_mixed_batch(
     The mix is per sample: the number of real rows is Binomial(batch_size, real_ratio). With no
     imagined data yet, the whole batch is real.
     """
+    return sample_mixed_batches(real, model, 1, batch_size, real_ratio)[0]
+
+
+def sample_mixed_batches(
+    real: ReplayBuffer, model: ReplayBuffer | None, count: int, batch_size: int, real_ratio: float
+) -> TensorDictBase:
+    """``count x batch_size`` transitions, each from the real buffer with probability ``real_ratio``.
+
+    One sampling call per buffer for all ``count`` batches; each batch is still mixed sample by
+    sample (its real rows are Binomial(batch_size, real_ratio)). With no imagined data yet, every
+    row is real.
+    """
+    total = count * batch_size
     if model is None or len(model) == 0 or real_ratio >= 1.0:
-        return real.sample(batch_size)
-    n_real = int((torch.rand(batch_size) < real_ratio).sum())
-    parts = [buffer.sample(n) for buffer, n in ((real, n_real), (model, batch_size - n_real)) if n > 0]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        return real.sample(total).reshape(count, batch_size)
+    is_real = torch.rand(total) < real_ratio
+    n_real = int(is_real.sum())
+    drawn = torch.cat([buffer.sample(n) for buffer, n in ((real, n_real), (model, total - n_real)) if n > 0])
+    # Row i of the result is the next real draw where is_real[i], else the next imagined one.
+    source = torch.empty(total, dtype=torch.long)
+    source[is_real] = torch.arange(n_real)
+    source[~is_real] = torch.arange(n_real, total)
+    return drawn[source].reshape(count, batch_size)
 
 
 def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None = None) -> ReplayBuffer:

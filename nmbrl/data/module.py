@@ -19,6 +19,7 @@ from nmbrl.data.buffers import (
     make_replay_buffer,
     resized,
     sample_mixed_batch,
+    sample_mixed_batches,
     select_transitions,
 )
 from nmbrl.data.collect import KeepTransitions, make_collector
@@ -174,7 +175,23 @@ class RLDataModule(LightningDataModule):
     def train_dataloader(self) -> TrainingStream | PacedStream:
         if self.remote_collection is not None:
             return PacedStream(self, self.remote_collection)
+        self.check_checkpoint_interval()
         return TrainingStream(self)
+
+    def check_checkpoint_interval(self) -> None:
+        """ConfigError for a ModelCheckpoint ``every_n_train_steps`` that the update count would skip past.
+
+        Lightning checks it after each batch, and each batch here is ``updates_per_step`` updates.
+        """
+        for callback in self.trainer.checkpoint_callbacks if self.trainer is not None else []:
+            every = getattr(callback, "_every_n_train_steps", 0)
+            if every and every % self.updates_per_step:
+                raise ConfigError(
+                    f"ModelCheckpoint every_n_train_steps={every} is not a multiple of data.updates_per_step="
+                    f"{self.updates_per_step}: it counts agent updates, and they advance {self.updates_per_step} per "
+                    f"env step, so most checkpoints would be skipped. Use a multiple, such as "
+                    f"{-(-every // self.updates_per_step) * self.updates_per_step}."
+                )
 
     def test_dataloader(self) -> range:
         """``cli.py test`` runs one evaluation episode per item (see ``SACAgent.test_step``)."""
@@ -250,7 +267,12 @@ class RLDataModule(LightningDataModule):
     # --- agent batches ------------------------------------------------------------------------
 
     def sample_batch(self) -> TensorDictBase:
+        """One mixed batch of ``batch_size`` transitions."""
         return sample_mixed_batch(self.real_buffer, self.model_buffer, self.batch_size, self.real_ratio)
+
+    def sample_step_batches(self) -> TensorDictBase:
+        """The ``updates_per_step x batch_size`` mixed batches of one env step, in one sampling call per buffer."""
+        return sample_mixed_batches(self.real_buffer, self.model_buffer, self.updates_per_step, self.batch_size, self.real_ratio)
 
     def resize_model_buffer(self, capacity: int) -> None:
         """Give the model buffer ``capacity``, keeping what it holds (newest data wins on shrinking)."""
@@ -265,22 +287,25 @@ class RLDataModule(LightningDataModule):
 
 
 class TrainingStream:
-    """The training "dataloader": one real transition, then ``updates_per_step`` batches, for one epoch.
+    """The training "dataloader": per real transition, one ``updates_per_step x batch_size`` batch, for one epoch.
 
-    The epoch runs until ``data.epoch_end`` env steps, so an epoch resumed from a mid-epoch
-    checkpoint (Ctrl+C) takes only its remaining steps.
+    The agent makes ``updates_per_step`` updates of each (``SACAgent.training_step``), so Lightning's
+    batches are real transitions and its ``global_step`` counts agent updates. The batches of a
+    transition are sampled together right after it is collected; on the env steps where the
+    world model is retrained and rolled out (in ``on_train_batch_start``), they were drawn from the
+    model buffer as it was before that rollout. The epoch runs until ``data.epoch_end`` env steps,
+    so an epoch resumed from a mid-epoch checkpoint (Ctrl+C) takes only its remaining steps.
     """
 
     def __init__(self, data: RLDataModule) -> None:
         self.data = data
 
     def __len__(self) -> int:
-        return self.data.updates_per_epoch
+        return self.data.transitions(self.data.epoch_length)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data
         data.explore()
         for _ in range(data.transitions(max(data.epoch_end - data.env_steps, 0))):
             data.collect(1)
-            for _ in range(data.updates_per_step):
-                yield data.sample_batch()
+            yield data.sample_step_batches()

@@ -7,12 +7,11 @@ from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from nmbrl.agent import SACAgent
+from nmbrl.agent.update import Networks, as_batch
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
 OBS_DIM = 5
-
-
 
 
 def built_agent(action_spec: Bounded, **settings) -> SACAgent:
@@ -41,14 +40,16 @@ def random_transitions(n: int, action_dim: int) -> TensorDict:
 
 
 def update(agent: SACAgent, optimizer: torch.optim.Optimizer, batch: TensorDict) -> float:
-    """One SAC update, as ``SACAgent.training_step`` does it without a Trainer; the critic loss."""
-    losses = agent.loss_module(batch)
-    loss = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+    """One SAC update, as ``SACAgent.update`` does it without a Trainer; the critic loss."""
+    networks = Networks.of(agent.loss_module)
+    noise = torch.randn(2, *batch["action"].shape)
+    losses = networks.losses(as_batch(batch), noise[0], noise[1])
     optimizer.zero_grad()
-    loss.backward()
+    losses.total.backward()
     optimizer.step()
-    agent.target_update.step()
-    return losses["loss_qvalue"].item()
+    with torch.no_grad():
+        torch._foreach_lerp_(*networks.polyak_pairs(), 1 - agent.target_update.eps)
+    return losses.critic.item()
 
 
 @pytest.mark.parametrize("critic_layer_norm", [False, True])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
@@ -21,6 +22,7 @@ from nmbrl.data import (
     model_buffer_capacity,
     sample_mixed_batch,
 )
+from nmbrl.data.buffers import sample_mixed_batches
 from nmbrl.errors import ConfigError
 
 BATCH_SIZE = 256
@@ -125,7 +127,62 @@ def test_without_imagined_data_the_batch_is_real(real, model_buffer):
     assert real_rows(batch) == BATCH_SIZE
 
 
-# --- data module checks -----------------------------------------------------------------------
+def test_an_env_steps_batches_are_drawn_in_one_call_per_buffer_and_mixed_per_sample(real, imagined, monkeypatch):
+    torch.manual_seed(5)
+    calls = []
+    for buffer in (real, imagined):
+        sample = buffer.sample
+        monkeypatch.setattr(buffer, "sample", lambda n, sample=sample: calls.append(n) or sample(n))
+    updates, ratio = 400, 0.05
+
+    batches = sample_mixed_batches(real, imagined, updates, BATCH_SIZE, ratio)
+
+    assert batches.shape == (updates, BATCH_SIZE)
+    assert len(calls) == 2 and sum(calls) == updates * BATCH_SIZE
+    counts = (batches["next", "reward"] == 1.0).squeeze(-1).sum(1).float()
+    standard_error = math.sqrt(ratio * (1 - ratio) / (updates * BATCH_SIZE))
+    assert abs(counts.mean().item() / BATCH_SIZE - ratio) < 4 * standard_error
+    # Each batch is its own Binomial(256, 0.05) draw (variance ~12.2), as with one call per batch.
+    assert 6.0 < counts.var().item() < 24.0
+    # Real rows are spread over the batch, not gathered at its start.
+    first_half = (batches["next", "reward"][:, : BATCH_SIZE // 2] == 1.0).sum().item()
+    assert 0.35 < first_half / counts.sum().item() < 0.65
+
+
+def test_the_rows_of_bulk_batches_are_transitions_of_the_buffers(real, imagined):
+    torch.manual_seed(6)
+    batches = sample_mixed_batches(real, imagined, 3, BATCH_SIZE, 0.5)
+    stored = torch.cat([real[:]["observation"], imagined[:]["observation"]])
+
+    for row, reward in zip(batches["observation"].flatten(0, 1), batches["next", "reward"].flatten()):
+        matches = (stored == row).all(-1).nonzero().flatten()
+        assert len(matches) >= 1 and all((m < 1000) == (reward.item() == 1.0) for m in matches.tolist())
+
+
+@pytest.mark.parametrize("model_buffer", ["none", "empty"])
+def test_without_imagined_data_bulk_batches_are_real(real, model_buffer):
+    model = None if model_buffer == "none" else make_replay_buffer(100)
+
+    batches = sample_mixed_batches(real, model, 5, BATCH_SIZE, 0.05)
+
+    assert batches.shape == (5, BATCH_SIZE) and real_rows(batches) == 5 * BATCH_SIZE
+
+
+# --- data module checks ---
+
+
+@pytest.mark.parametrize(("every", "fine"), [(7, False), (10, True), (0, True)])
+def test_a_checkpoint_interval_the_updates_step_over_is_a_config_error(every, fine):
+    data = RLDataModule(updates_per_step=5)
+    data.trainer = type("Trainer", (), {"checkpoint_callbacks": [ModelCheckpoint(every_n_train_steps=every)]})()
+
+    if fine:
+        data.check_checkpoint_interval()
+    else:
+        with pytest.raises(ConfigError, match="every_n_train_steps=7 is not a multiple of data.updates_per_step=5.*such as 10"):
+            data.check_checkpoint_interval()
+
+
 
 
 @pytest.mark.parametrize("real_ratio", [1.5, -0.1])

@@ -82,6 +82,28 @@ def test_an_averaged_policy_is_trained_evaluated_beside_the_actor_and_checkpoint
     assert not all(torch.equal(average[key], actor[key]) for key in actor)
 
 
+def test_each_env_step_gives_updates_per_step_agent_updates(store: Path) -> None:
+    # One training batch per env step, holding its 3 batches: 3 updates (and 3 averagings) each.
+    args = ["--data.updates_per_step", "3", "--model.averaged_policy_tau", "0.01"]
+    result = run_cli("fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *args, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = check_run(store, COMMON_METRICS | MODEL_METRICS)
+
+    checkpoint = torch.load(store / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3 * 200  # 2 epochs of 100 env steps after the random ones
+    assert checkpoint["state_dict"]["averaged_actor.n_averaged"].item() == 3 * 200
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert len(client.get_metric_history(run.info.run_id, "train/critic_loss")) >= 3 * 200 // 10 - 1  # every 10 updates
+
+
+def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
+    cli = cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", *store_args(store)])
+
+    assert cli.model.compiled_losses is not None
+    assert cli.trainer.global_step == 200
+    check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

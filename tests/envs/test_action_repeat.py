@@ -57,7 +57,9 @@ def test_the_training_stream_counts_env_steps_and_gives_updates_per_transition()
     batches = list(stream)
     assert data.env_steps == 8 + 12
     assert len(data.real_buffer) == (8 + 12) // 4  # one transition per 4 env steps
-    assert len(batches) == len(stream) == 12 // 4 * 2
+    # One batch per transition, holding its 2 updates' batches of 4.
+    assert len(batches) == len(stream) == 12 // 4
+    assert all(batch.shape == (2, 4) for batch in batches)
 
 
 def test_pacing_waits_for_whole_transitions():

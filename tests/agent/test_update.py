@@ -1,0 +1,159 @@
+"""The fast SAC update against its oracle, TorchRL's SACLoss and SoftUpdate: same losses, gradients and steps."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import Bounded
+
+from nmbrl.agent import SACAgent
+from nmbrl.agent.sac import check_compiler, compile_losses
+from nmbrl.agent.update import Networks, as_batch
+from nmbrl.envs import EnvSpecs
+from nmbrl.errors import ConfigError
+
+OBS_DIM = 5
+BATCH = 128
+
+
+def perturbed_agent(action_spec: Bounded, critic_layer_norm: bool, seed: int = 0) -> SACAgent:
+    """An agent whose LayerNorm weights and target critics differ from their initial values, so each matters."""
+    torch.manual_seed(seed)
+    agent = SACAgent(hidden_sizes=[32, 32], critic_layer_norm=critic_layer_norm, init_alpha=0.3)
+    agent.build(EnvSpecs(observation_dim=OBS_DIM, action_spec=action_spec))
+    with torch.no_grad():
+        for tensor in [*agent.loss_module.parameters(), *agent.loss_module.target_qvalue_network_params.values(True, True)]:
+            tensor.add_(0.05 * torch.randn_like(tensor))
+    return agent
+
+
+def transitions(n: int, action_dim: int, seed: int = 0) -> TensorDict:
+    generator = torch.Generator().manual_seed(seed)
+    terminated = torch.rand(n, 1, generator=generator) < 0.2
+    return TensorDict(
+        {
+            "observation": torch.randn(n, OBS_DIM, generator=generator),
+            "action": 2 * torch.rand(n, action_dim, generator=generator) - 1,
+            "next": {
+                "observation": torch.randn(n, OBS_DIM, generator=generator),
+                "reward": torch.randn(n, 1, generator=generator),
+                "done": terminated.clone(),
+                "terminated": terminated,
+            },
+        },
+        batch_size=[n],
+    )
+
+
+def reference_losses(agent: SACAgent, batch: TensorDict, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    out = agent.loss_module(batch.clone())
+    return {key: out[key] for key in ("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy")}
+
+
+def fast_losses(agent: SACAgent, batch: TensorDict, seed: int, compute=None) -> dict[str, torch.Tensor]:
+    """The fast losses with SACLoss's noise: it draws the next-state action's noise first, then the actor's."""
+    torch.manual_seed(seed)
+    shape = batch["action"].shape
+    next_noise, noise = torch.empty(shape).normal_(), torch.empty(shape).normal_()
+    out = Networks.of(agent.loss_module).losses(as_batch(batch), next_noise, noise, compute)
+    return {"loss_actor": out.actor, "loss_qvalue": out.critic, "loss_alpha": out.alpha_loss, "alpha": out.alpha, "entropy": out.entropy}
+
+
+def gradients(agent: SACAgent, losses: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+    params = [p for p in agent.loss_module.parameters() if p.requires_grad]
+    return list(torch.autograd.grad(total, params))
+
+
+@pytest.mark.parametrize("critic_layer_norm", [False, True])
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (-3.0, 0.5)], ids=["unit box", "other box"])
+@pytest.mark.parametrize("action_dim", [1, 3])
+def test_losses_and_gradients_equal_sacloss(critic_layer_norm, bounds, action_dim):
+    agent = perturbed_agent(Bounded(*bounds, shape=(action_dim,)), critic_layer_norm)
+    batch = transitions(BATCH, action_dim)
+
+    reference = reference_losses(agent, batch, seed=1)
+    fast = fast_losses(agent, batch, seed=1)
+
+    for key in reference:
+        torch.testing.assert_close(fast[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    for name, got, want in zip(agent.state_dict(), gradients(agent, fast), gradients(agent, reference)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_different_noise_draw_gives_different_losses():
+    # The equality above is not vacuous: the losses depend on the sampled actions.
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(2,)), critic_layer_norm=True)
+    batch = transitions(BATCH, 2)
+
+    assert fast_losses(agent, batch, seed=1)["loss_actor"] != reference_losses(agent, batch, seed=2)["loss_actor"]
+
+
+def test_terminated_transitions_do_not_bootstrap_in_either():
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    batch = transitions(BATCH, 1)
+    batch["next", "terminated"][:] = True
+
+    fast = fast_losses(agent, batch, seed=3)["loss_qvalue"]
+    torch.testing.assert_close(fast, reference_losses(agent, batch, seed=3)["loss_qvalue"])
+    # With every transition terminal, the target is the reward alone: the next state does not count.
+    batch["next", "observation"] += 10.0
+    torch.testing.assert_close(fast_losses(agent, batch, seed=3)["loss_qvalue"], fast)
+    batch["next", "terminated"][:] = False
+    assert not torch.allclose(fast_losses(agent, batch, seed=3)["loss_qvalue"], fast)
+
+
+def test_several_full_updates_end_where_sacloss_adam_and_softupdate_end():
+    """Losses, fused Adam steps and the Polyak step of the target critics, 5 times, both ways."""
+    spec = Bounded(-2.0, 2.0, shape=(2,))
+    library, fast = (perturbed_agent(spec, critic_layer_norm=True) for _ in range(2))
+    optimizers = [agent.configure_optimizers() for agent in (library, fast)]
+    for step in range(5):
+        batch = transitions(BATCH, 2, seed=step)
+        for agent, optimizer, losses in (
+            (library, optimizers[0], reference_losses(library, batch, seed=10 + step)),
+            (fast, optimizers[1], fast_losses(fast, batch, seed=10 + step)),
+        ):
+            optimizer.zero_grad()
+            (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+            optimizer.step()
+            if agent is library:
+                agent.target_update.step()
+            else:  # as SACAgent.update does it
+                with torch.no_grad():
+                    torch._foreach_lerp_(*Networks.of(agent.loss_module).polyak_pairs(), 1 - agent.target_update.eps)
+
+    moved = False
+    for (name, got), want in zip(fast.state_dict().items(), library.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    for name, now in fast.state_dict().items():
+        moved |= "target_qvalue" in name and not torch.equal(now, perturbed_agent(spec, True).state_dict()[name])
+    assert moved  # the target critics did follow the critics
+
+
+def test_the_compiled_losses_equal_the_eager_ones():
+    agent = perturbed_agent(Bounded(-3.0, 0.5, shape=(2,)), critic_layer_norm=True)
+    batch = transitions(BATCH, 2)
+
+    eager = fast_losses(agent, batch, seed=4)
+    compiled = fast_losses(agent, batch, seed=4, compute=compile_losses(torch.device("cpu")))
+
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
+    for got, want in zip(gradients(agent, compiled), gradients(agent, eager)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_without_a_cpp_compiler_is_a_config_error_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler.*apt-get install g\\+\\+.*--model.compile false"):
+        SACAgent(compile=True)
+    with pytest.raises(ConfigError):
+        check_compiler()
+
+
+def test_compile_is_accepted_where_a_compiler_is_found(monkeypatch):
+    monkeypatch.setenv("CXX", "python")  # any program on PATH stands in for one
+
+    assert SACAgent(compile=True).hparams.compile
