@@ -21,8 +21,8 @@ def built_agent(action_spec: Bounded, **settings) -> SACAgent:
     return agent
 
 
-def random_transitions(n: int, action_dim: int) -> TensorDict:
-    generator = torch.Generator().manual_seed(0)
+def random_transitions(n: int, action_dim: int, seed: int = 0) -> TensorDict:
+    generator = torch.Generator().manual_seed(seed)
     terminated = torch.rand(n, 1, generator=generator) < 0.1
     return TensorDict(
         {

@@ -3,6 +3,8 @@
 import pytest
 import torch
 from tensordict import TensorDict
+from test_sac import OBS_DIM
+from test_sac import random_transitions as transitions
 from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
@@ -11,7 +13,6 @@ from nmbrl.agent.update import Networks, as_batch
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
-OBS_DIM = 5
 BATCH = 128
 
 
@@ -24,24 +25,6 @@ def perturbed_agent(action_spec: Bounded, critic_layer_norm: bool, seed: int = 0
         for tensor in [*agent.loss_module.parameters(), *agent.loss_module.target_qvalue_network_params.values(True, True)]:
             tensor.add_(0.05 * torch.randn_like(tensor))
     return agent
-
-
-def transitions(n: int, action_dim: int, seed: int = 0) -> TensorDict:
-    generator = torch.Generator().manual_seed(seed)
-    terminated = torch.rand(n, 1, generator=generator) < 0.2
-    return TensorDict(
-        {
-            "observation": torch.randn(n, OBS_DIM, generator=generator),
-            "action": 2 * torch.rand(n, action_dim, generator=generator) - 1,
-            "next": {
-                "observation": torch.randn(n, OBS_DIM, generator=generator),
-                "reward": torch.randn(n, 1, generator=generator),
-                "done": terminated.clone(),
-                "terminated": terminated,
-            },
-        },
-        batch_size=[n],
-    )
 
 
 def reference_losses(agent: SACAgent, batch: TensorDict, seed: int) -> dict[str, torch.Tensor]:
