@@ -52,7 +52,7 @@ import nmbrl.envs  # noqa: F401  (sets MUJOCO_GL before anything imports MuJoCo)
 from callbacks import BranchedRollouts, Evaluation, WorldModelTraining
 from nmbrl.agent import DivergenceGuard
 from nmbrl.agent.sac import compile_losses
-from nmbrl.agent.update import Networks, as_batch
+from nmbrl.agent.update import as_batch
 from nmbrl.cli import NMBRLCLI
 from nmbrl.data import model_buffer_capacity
 from nmbrl.data.buffers import make_replay_buffer
@@ -184,21 +184,16 @@ def library_sac_step(run: Run) -> Callable[[], None]:
 
 
 def agent_sac_step(run: Run, compute=None) -> Callable[[], None]:
-    """One update of ``SACAgent.update`` on a fixed batch, without Lightning (nor its divergence check)."""
+    """One update as ``SACAgent.update`` makes it, on a fixed batch, without Lightning."""
     agent, batch = run.agent, as_batch(run.data.sample_batch())
     optimizer = agent.configure_optimizers()
-    networks = Networks.of(agent.loss_module)
-    targets, sources = networks.polyak_pairs()
+    agent.prepare_update()
 
     def step() -> None:
         noise = torch.randn((2, *batch.action.shape))
-        losses = networks.losses(batch, noise[0], noise[1], compute)
-        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})
-        optimizer.zero_grad()
-        losses.total.backward()
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(targets, sources, 1 - agent.target_update.eps)
+        losses = agent.networks.losses(batch, noise[0], noise[1], compute)
+        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})  # its one sync
+        agent.step(losses, optimizer, torch.Tensor.backward)
 
     return step
 

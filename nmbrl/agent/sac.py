@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch import LightningModule
@@ -16,7 +17,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
-from nmbrl.agent.update import Batch, Networks, as_batch, sac_losses
+from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.evaluation import run_episode
@@ -152,6 +153,10 @@ class SACAgent(LightningModule):
             max_loss_ratio=self.hparams.max_loss_ratio,
             patience=self.hparams.divergence_patience,
         )
+        self.prepare_update()
+
+    def prepare_update(self) -> None:
+        """Gather the tensors ``update`` reads from SACLoss (and compile its losses): once, on the agent's device."""
         self.networks = Networks.of(self.loss_module)
         self.polyak_pairs = self.networks.polyak_pairs()
         if self.hparams.compile and self.compiled_losses is None:
@@ -172,14 +177,7 @@ class SACAgent(LightningModule):
         if problem is not None:
             self.reject_update(problem)
             return
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        self.manual_backward(losses.total)
-        optimizer.step()
-        with torch.no_grad():  # SoftUpdate's step (target.lerp_(source, 1 - eps)), in one call for all tensors
-            torch._foreach_lerp_(*self.polyak_pairs, 1 - self.target_update.eps)
-        if self.averaged_actor is not None:
-            self.averaged_actor.update_parameters(self.policy)
+        self.step(losses, self.optimizers(), self.manual_backward)
         self.guard.accept(checked)
         if self.global_step % self.trainer.log_every_n_steps == 0:
             # Logged directly: LightningModule.log costs ~1.5 ms a call, as much as a tenth of an update.
@@ -193,6 +191,16 @@ class SACAgent(LightningModule):
                     "train/entropy": losses.entropy.item(),
                 },
             )
+
+    def step(self, losses: Losses, optimizer: torch.optim.Optimizer, backward: Callable[[torch.Tensor], None]) -> None:
+        """Step on ``losses``: gradients, optimizer, target critics, averaged policy (no Trainer needed)."""
+        optimizer.zero_grad()
+        backward(losses.total)
+        optimizer.step()
+        with torch.no_grad():  # SoftUpdate's step (target.lerp_(source, 1 - eps)), in one call for all tensors
+            torch._foreach_lerp_(*self.polyak_pairs, 1 - self.target_update.eps)
+        if self.averaged_actor is not None:
+            self.averaged_actor.update_parameters(self.policy)
 
     def reject_update(self, problem: str) -> None:
         """Skip this update and restore the last good weights (or stop, see ``DivergenceGuard``)."""

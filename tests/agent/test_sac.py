@@ -7,7 +7,7 @@ from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from nmbrl.agent import SACAgent
-from nmbrl.agent.update import Networks, as_batch
+from nmbrl.agent.update import as_batch
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
@@ -40,15 +40,12 @@ def random_transitions(n: int, action_dim: int, seed: int = 0) -> TensorDict:
 
 
 def update(agent: SACAgent, optimizer: torch.optim.Optimizer, batch: TensorDict) -> float:
-    """One SAC update, as ``SACAgent.update`` does it without a Trainer; the critic loss."""
-    networks = Networks.of(agent.loss_module)
+    """One SAC update, as ``SACAgent.update`` makes it, without a Trainer or divergence check; the critic loss."""
+    if agent.networks is None:
+        agent.prepare_update()
     noise = torch.randn(2, *batch["action"].shape)
-    losses = networks.losses(as_batch(batch), noise[0], noise[1])
-    optimizer.zero_grad()
-    losses.total.backward()
-    optimizer.step()
-    with torch.no_grad():
-        torch._foreach_lerp_(*networks.polyak_pairs(), 1 - agent.target_update.eps)
+    losses = agent.networks.losses(as_batch(batch), noise[0], noise[1])
+    agent.step(losses, optimizer, torch.Tensor.backward)
     return losses.critic.item()
 
 
@@ -180,8 +177,7 @@ def test_the_averaged_policy_moves_tau_of_the_way_towards_the_actor_per_update()
     batch = random_transitions(256, action_dim=1)
     expected = None
     for _ in range(5):
-        update(agent, optimizer, batch)
-        agent.averaged_actor.update_parameters(agent.policy)  # as SACAgent.training_step does
+        update(agent, optimizer, batch)  # which moves the average too, as SACAgent.update does
         actor = [p.detach().clone() for p in agent.policy.parameters()]
         expected = actor if expected is None else [(1 - tau) * e + tau * a for e, a in zip(expected, actor)]
 

@@ -9,7 +9,7 @@ from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
 from nmbrl.agent.sac import check_compiler, compile_losses
-from nmbrl.agent.update import Networks, as_batch
+from nmbrl.agent.update import Losses, Networks, as_batch
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
@@ -97,14 +97,15 @@ def test_several_full_updates_end_where_sacloss_adam_and_softupdate_end():
             (library, optimizers[0], reference_losses(library, batch, seed=10 + step)),
             (fast, optimizers[1], fast_losses(fast, batch, seed=10 + step)),
         ):
-            optimizer.zero_grad()
-            (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
-            optimizer.step()
             if agent is library:
+                optimizer.zero_grad()
+                (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+                optimizer.step()
                 agent.target_update.step()
-            else:  # as SACAgent.update does it
-                with torch.no_grad():
-                    torch._foreach_lerp_(*Networks.of(agent.loss_module).polyak_pairs(), 1 - agent.target_update.eps)
+            else:  # SACAgent.update's own step
+                agent.prepare_update()
+                names = ("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy")
+                agent.step(Losses(*(losses[name] for name in names)), optimizer, torch.Tensor.backward)
 
     moved = False
     for (name, got), want in zip(fast.state_dict().items(), library.state_dict().values()):
