@@ -67,6 +67,8 @@ class WorldModelTraining(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "world_model": self.world_model.state_dict(),
+            # To rebuild the ensemble outside a run (nmbrl.world_model.loading); a resumed run has its config.
+            "hparams": dict(self.world_model.hparams),
             "optimizer": self.world_model.optimizer.state_dict(),
             "next_training_at": self.next_training_at,
             "trained_on": self.trained_on,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -82,6 +84,21 @@ class EnsembleWorldModel(LightningModule):
         self.termination_rule: TerminationRule | None = None
 
     # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path: str | os.PathLike, map_location: torch.device | str | None = None, **kwargs: Any
+    ) -> EnsembleWorldModel:
+        """The world model of a training checkpoint (``cli.py fit``), built and loaded, in eval mode.
+
+        Lightning's version would read the checkpoint's ``"state_dict"``, which holds the agent: the
+        world model is in the ``WorldModelTraining`` callback's state. ``map_location`` is the device
+        (default: CPU); ``kwargs`` override stored hyperparameters. ConfigError if the file is not an
+        NMBRL checkpoint or its run had no world model.
+        """
+        from nmbrl.world_model.loading import read_checkpoint, world_model_from_checkpoint  # it imports this module
+
+        return world_model_from_checkpoint(read_checkpoint(checkpoint_path), map_location or "cpu", **kwargs)
 
     def build(self, specs: EnvSpecs, termination_rule: TerminationRule | None) -> None:
         """Create the networks for an environment; ``termination_rule=None`` means learn one."""
