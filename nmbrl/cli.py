@@ -12,6 +12,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -47,6 +48,9 @@ OPTIONAL_CALLBACKS = {
     "collection": CollectorProcess,  # concurrent mode: the real env steps in its own process
 }
 
+# Callbacks that a Trainer flag set to false switches off; Lightning refuses the flag while the config lists one.
+SWITCHED_OFF_BY = {"enable_progress_bar": ProgressBar, "enable_checkpointing": Checkpoint}
+
 
 class NMBRLCLI(LightningCLI):
     """``fit`` trains the agent; the world model and its schedule come in as callbacks (see configs/).
@@ -54,11 +58,14 @@ class NMBRLCLI(LightningCLI):
     The MBPO callbacks are top-level config groups, so each setting has a command-line flag
     (``--rollouts.batch_size 1000``); a group left out (as in ``sac.yaml``) is not used.
 
-    Before anything is built, the run folder and the MLflow store are checked, and a
+    Before anything is built, an MLflow experiment left unnamed gets ``<algorithm>-<env>``
+    (``default_experiment_name``), the run folder and the MLflow store are checked, and a
     ``--ckpt_path`` (a file, or ``last``: the newest ``last.ckpt`` of the config's experiment) is
     read: the run continues in the checkpoint's MLflow run and run folder, and a checkpoint of an
     environment with other observation or action sizes is refused. Every run gets
-    ``RunLifecycle`` (RNG states, Ctrl+C) and atomic checkpoint writes.
+    ``RunLifecycle`` (RNG states, Ctrl+C) and atomic checkpoint writes. ``--trainer.enable_progress_bar
+    false`` and ``--trainer.enable_checkpointing false`` leave out the progress bar and checkpoint
+    callbacks the config lists; ``--trainer.limit_train_batches`` is refused (see ``check_trainer_flags``).
 
     ``--torch_threads`` sets torch's intra-op threads before anything is built.
     """
@@ -94,10 +101,12 @@ class NMBRLCLI(LightningCLI):
             threads = auto_torch_threads(trainer_processes(config.trainer.devices))
             rank_zero_info(f"torch_threads=auto: {threads} torch thread(s) per training process.")
         set_torch_threads(threads)
+        check_trainer_flags(config.trainer)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Optional callback groups left out of the config come as None.
         callbacks = [c for c in callbacks if c is not None] + [RunLifecycle()]
+        config["callbacks"] = without_switched_off_callbacks(config)
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -105,11 +114,42 @@ class NMBRLCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
+    """The config's callbacks, less the progress bar or checkpointing that a Trainer flag switches off."""
+    listed = trainer_config.get("callbacks") or []
+    listed = listed if isinstance(listed, list) else [listed]
+    for flag, kind in SWITCHED_OFF_BY.items():
+        off = [c for c in listed if isinstance(c, kind)]
+        if trainer_config.get(flag) is False and off:
+            rank_zero_info(f"trainer.{flag}=false: leaving out {', '.join(type(c).__name__ for c in off)}.")
+            listed = [c for c in listed if not isinstance(c, kind)]
+    return listed
+
+
+def check_trainer_flags(trainer: Namespace) -> None:
+    """ConfigError for Trainer flags that would break the env-step accounting of an epoch."""
+    limit = trainer.get("limit_train_batches")
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        raise ConfigError(
+            f"trainer.limit_train_batches={limit} is not supported: a batch here is one env step, and the data module "
+            "counts an epoch as data.epoch_length env steps, so cut epochs would throw the env-step budget and the "
+            "schedules off. Leave it unset and shorten the epochs with --data.epoch_length instead."
+        )
+
+
+def default_experiment_name(config: Namespace) -> str:
+    """``<algorithm>-<env>``: ``mbpo`` with a world model (``model_training`` set), else ``sac``; env lowercased."""
+    algorithm = "mbpo" if config.get("model_training") is not None else "sac"
+    return f"{algorithm}-{config.data.env.lower()}"
+
+
 def check_run_targets(config: Namespace) -> None:
-    """Check the run folder root and the MLflow store, and resolve and check ``ckpt_path``."""
+    """Name an unnamed MLflow experiment, check the run folder root and MLflow store, resolve ``ckpt_path``."""
     check_writable_folder(config.trainer.default_root_dir or ".", "run folder root", "--trainer.default_root_dir")
     logger = mlflow_logger_args(config.trainer.logger)
     if logger is not None:
+        if logger.get("experiment_name") is None:
+            logger.experiment_name = default_experiment_name(config)
         check_tracking_uri(logger.tracking_uri)
     if config.get("ckpt_path"):
         continue_from_checkpoint(config, logger)

@@ -21,7 +21,8 @@ class EnvStepMLFlowLogger(MLFlowLogger):
     reuse the last one). The folder of an sqlite tracking URI is created on first use.
 
     Args:
-        experiment_name: MLflow experiment that holds the run.
+        experiment_name: MLflow experiment that holds the run (``cli.py`` names it ``<algorithm>-<env>``,
+            e.g. ``mbpo-cartpole-swingup``; ``nmbrl`` when the logger is built without one).
         run_name: Name of the MLflow run (default: MLflow picks one).
         tracking_uri: Where runs are stored, e.g. ``sqlite:///runs/mlflow.db`` or ``http://host:5000``.
         artifact_location: Where new experiments keep artifacts (default: ``mlartifacts`` beside an sqlite file).
@@ -35,7 +36,7 @@ class EnvStepMLFlowLogger(MLFlowLogger):
 
     def __init__(
         self,
-        experiment_name: str = "nmbrl",
+        experiment_name: str | None = None,
         run_name: str | None = None,
         tracking_uri: str = "sqlite:///runs/mlflow.db",
         artifact_location: str | None = None,
@@ -46,7 +47,7 @@ class EnvStepMLFlowLogger(MLFlowLogger):
         if artifact_location is None and sqlite_file is not None:
             artifact_location = (sqlite_file.parent / "mlartifacts").resolve().as_uri()
         super().__init__(
-            experiment_name=experiment_name,
+            experiment_name=experiment_name or "nmbrl",
             run_name=run_name,
             tracking_uri=tracking_uri,
             artifact_location=artifact_location,

@@ -1,0 +1,120 @@
+"""Trainer flags for batch jobs, and the MLflow experiment a run is filed under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from e2e.cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar, TQDMProgressBar
+
+from nmbrl.cli import NMBRLCLI
+from nmbrl.cli import run as cli_run
+from nmbrl.tracking import EnvStepMLFlowLogger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BuiltCLI(NMBRLCLI):
+    """``cli.py fit`` up to the built Trainer, without fitting (``run=False`` would skip the ``fit`` checks)."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def build_fit(store: Path, config: str, *args: str) -> BuiltCLI:
+    return BuiltCLI(args=["fit", "--config", str(ROOT / "configs" / config), *store_args(store), "--torch_threads", "1", *args])
+
+
+def experiment_name(cli: BuiltCLI) -> str:
+    """The name the logger files the run under, and the one the saved config.yaml records."""
+    recorded = cli.config.fit.trainer.logger.init_args.experiment_name
+    assert cli.trainer.logger._experiment_name == recorded
+    return recorded
+
+
+@pytest.mark.parametrize(
+    ("config", "name"),
+    [("mbpo.yaml", "mbpo-cartpole-swingup"), ("mbpo_async.yaml", "mbpo-cartpole-swingup"), ("sac.yaml", "sac-cartpole-swingup")],
+)
+def test_the_shipped_configs_keep_their_experiment_names(store: Path, config: str, name: str) -> None:
+    # The names they hard-coded before, so --ckpt_path last still finds the runs they made.
+    assert experiment_name(build_fit(store, config)) == name
+
+
+def test_the_experiment_name_follows_the_env_trained(store: Path) -> None:
+    cli = build_fit(store, "mbpo.yaml", "--data.env", "InvertedPendulum-v5")
+
+    assert experiment_name(cli) == "mbpo-invertedpendulum-v5"
+
+
+def test_an_explicit_experiment_name_wins(store: Path) -> None:
+    cli = build_fit(store, "sac.yaml", "--data.env", "Hopper-v5", "--trainer.logger.init_args.experiment_name", "mine")
+
+    assert experiment_name(cli) == "mine"
+
+
+def test_a_logger_built_without_a_name_still_gets_one(tmp_path: Path) -> None:
+    logger = EnvStepMLFlowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    assert logger._experiment_name == "nmbrl"
+
+
+@pytest.mark.parametrize(
+    ("flag", "left_out", "kept"),
+    [("enable_progress_bar", ProgressBar, ModelCheckpoint), ("enable_checkpointing", Checkpoint, TQDMProgressBar)],
+)
+def test_a_switched_off_flag_leaves_out_the_callbacks_the_config_lists(store: Path, flag: str, left_out: type, kept: type) -> None:
+    listed = build_fit(store, "mbpo.yaml").trainer.callbacks
+    assert any(isinstance(c, left_out) for c in listed), "the config lists one to leave out"
+
+    callbacks = build_fit(store, "mbpo.yaml", f"--trainer.{flag}", "false").trainer.callbacks
+
+    assert not any(isinstance(c, left_out) for c in callbacks)
+    assert any(isinstance(c, kept) for c in callbacks)
+
+
+@pytest.mark.parametrize("limit", ["30", "0.5"])
+def test_limit_train_batches_is_refused_with_one_error_line(store: Path, capsys, limit: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.limit_train_batches", limit, *store_args(store)])
+
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "limit_train_batches" in errors[0] and "--data.epoch_length" in errors[0], errors
+    assert not (store / "runs").exists()
+
+
+def test_limit_train_batches_of_a_whole_epoch_is_accepted(store: Path) -> None:
+    cli = build_fit(store, "sac.yaml", "--trainer.limit_train_batches", "1.0")
+
+    assert cli.trainer.limit_train_batches == 1.0
+
+
+def test_a_fit_without_progress_bar_runs_to_the_end_in_the_env_named_experiment(store: Path) -> None:
+    args = ["--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, "--data.env", "InvertedPendulum-v5"]
+    result = run_cli("fit", *args, "--trainer.enable_progress_bar", "false", store=store, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "leaving out TQDMProgressBar" in result.stderr + result.stdout
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert client.get_experiment(run.info.experiment_id).name == "mbpo-invertedpendulum-v5"
+    saved = yaml.safe_load((store / "runs" / run.info.experiment_id / run.info.run_id / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["experiment_name"] == "mbpo-invertedpendulum-v5"
+
+
+def test_max_steps_stops_after_the_env_step_that_reaches_it_without_checkpoints(store: Path) -> None:
+    # In-process, to read the trainer. 4 updates per env step: 150 updates end within the 38th env step.
+    flags = ["--trainer.max_steps", "150", "--data.updates_per_step", "4", "--trainer.enable_checkpointing", "false"]
+    cli = cli_run(["fit", "--config", "configs/sac.yaml", *TINY, *flags, "--torch_threads", "1", *store_args(store)])
+
+    assert cli.trainer.global_step == 152
+    assert cli.datamodule.env_steps == 200 + 38
+    assert cli.trainer.checkpoint_callback is None
+    assert not list(store.glob("runs/**/*.ckpt"))
+    assert only_run(store).info.status == "FINISHED"
