@@ -4,6 +4,7 @@ from callbacks.concurrent import CollectorProcess, WorldModelTrainingProcess
 from callbacks.env_steps import EnvStepMonitor
 from callbacks.evaluation import Evaluation
 from callbacks.model_training import WorldModelTraining
+from callbacks.policy_model import PolicyModelLogging
 from callbacks.rollouts import BranchedRollouts
 from callbacks.run_lifecycle import RunLifecycle
 
@@ -12,6 +13,7 @@ __all__ = [
     "CollectorProcess",
     "EnvStepMonitor",
     "Evaluation",
+    "PolicyModelLogging",
     "RunLifecycle",
     "WorldModelTraining",
     "WorldModelTrainingProcess",

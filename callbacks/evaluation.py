@@ -121,11 +121,11 @@ class Evaluation(Callback):
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="test")
 
     def record_video(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> Path:
-        """One deterministic episode on a rendering copy of the evaluation environment."""
+        """Test episode 0 again (same start state), on a rendering copy of the evaluation environment."""
         data = trainer.datamodule
         env = make_env(data.env_name, seed=data.eval_seed, render_size=self.video_size, action_repeat=data.action_repeat)
         try:
-            episode = run_episode(env, pl_module.evaluation_policy, data.transitions(self.max_episode_steps))
+            episode = run_episode(env, pl_module.evaluation_policy, data.transitions(self.max_episode_steps), seed=data.eval_seed)
         finally:
             env.close()
         ret = float(episode["next", "reward"].sum())
@@ -139,21 +139,21 @@ class Evaluation(Callback):
         self.history = [tuple(h) for h in state_dict["history"]]
 
 
-def returns_table(results: list[tuple[float, int]]) -> str:
-    """A plain-text table: one row per episode, then mean and standard deviation."""
-    returns = [r for r, _ in results]
+def returns_table(results: list[tuple[float, int, int]]) -> str:
+    """A plain-text table: one row per episode (return, env steps, reset seed), then mean and standard deviation."""
+    returns = [r for r, _, _ in results]
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
-    lines = ["| episode | return | steps |", "| --- | --- | --- |"]
-    lines += [f"| {i} | {r:.2f} | {n} |" for i, (r, n) in enumerate(results)]
-    lines.append(f"| mean ± std | {mean:.2f} ± {std:.2f} | |")
+    lines = ["| episode | return | steps | seed |", "| --- | --- | --- | --- |"]
+    lines += [f"| {i} | {r:.2f} | {n} | {seed} |" for i, (r, n, seed) in enumerate(results)]
+    lines.append(f"| mean ± std | {mean:.2f} ± {std:.2f} | | |")
     return "\n".join(lines)
 
 
-def write_returns_csv(results: list[tuple[float, int]], path: Path) -> Path:
+def write_returns_csv(results: list[tuple[float, int, int]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["episode", "return", "steps"])
-        writer.writerows((i, r, n) for i, (r, n) in enumerate(results))
+        writer.writerow(["episode", "return", "steps", "seed"])
+        writer.writerows((i, r, n, seed) for i, (r, n, seed) in enumerate(results))
     return path

@@ -52,17 +52,7 @@ class RunLifecycle(Callback):
         interrupt.raise_if_requested()
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        data, logger = trainer.datamodule, trainer.logger
-        specs = data.specs
-        checkpoint[CHECKPOINT_KEY] = {
-            "run_id": getattr(logger, "run_id", None),
-            "tracking_uri": getattr(logger, "_tracking_uri", None),
-            "env": data.env_name,
-            "observation_dim": specs.observation_dim,
-            "action_dim": specs.action_dim,
-            "env_steps": data.env_steps,
-            "action_repeat": data.action_repeat,
-        }
+        checkpoint[CHECKPOINT_KEY] = checkpoint_record(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
@@ -79,6 +69,24 @@ class RunLifecycle(Callback):
         rank_zero_warn(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
         if isinstance(exception, KeyboardInterrupt) and hasattr(trainer.logger, "end_status"):
             trainer.logger.end_status = "KILLED"
+
+
+def checkpoint_record(trainer: Trainer) -> dict[str, Any]:
+    """The ``"nmbrl"`` record of a checkpoint: the MLflow run, the environment and the sizes it was trained on."""
+    data, logger = trainer.datamodule, trainer.logger
+    specs = data.specs
+    return {
+        "run_id": getattr(logger, "run_id", None),
+        "tracking_uri": getattr(logger, "_tracking_uri", None),
+        "env": data.env_name,
+        "observation_dim": specs.observation_dim,
+        "action_dim": specs.action_dim,
+        "env_steps": data.env_steps,
+        "action_repeat": data.action_repeat,
+        # So that the agent can be rebuilt without its environment (``SACAgent.load_from_checkpoint``).
+        "action_low": specs.action_spec.space.low.tolist(),
+        "action_high": specs.action_spec.space.high.tolist(),
+    }
 
 
 def final_checkpoint_path(trainer: Trainer) -> Path:

@@ -85,6 +85,8 @@ class CheckpointInfo:
     action_dim: int
     env_steps: int
     action_repeat: int = 1  # absent from checkpoints written before the setting existed
+    action_low: list[float] | None = None  # the action bounds; absent from older checkpoints
+    action_high: list[float] | None = None
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 from mlflow import MlflowClient
 
-from callbacks import BranchedRollouts, CollectorProcess, Evaluation, RunLifecycle, WorldModelTraining
+from callbacks import BranchedRollouts, CollectorProcess, Evaluation, PolicyModelLogging, RunLifecycle, WorldModelTraining
 
 from nmbrl.agent import SACAgent
 from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
@@ -85,6 +85,8 @@ class NMBRLCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.seed")
         for key, callback in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
+        # Always there (``--policy_model.enabled false`` to opt out): the policy as the run's MLflow model.
+        parser.add_lightning_class_args(PolicyModelLogging, "policy_model")
 
     def _parse_ckpt_path(self) -> None:
         # Runs right after parsing, before Lightning loads ``ckpt_path`` for its hyperparameters:

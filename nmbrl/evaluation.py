@@ -10,10 +10,32 @@ from torch import Tensor
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 
-def run_episode(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> TensorDictBase:
-    """One episode (at most ``max_steps`` steps) acting with the policy's mean action."""
+def run_episode(
+    env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int, seed: int | None = None
+) -> TensorDictBase:
+    """One episode (at most ``max_steps`` steps) acting with the policy's mean action.
+
+    With ``seed``, the episode starts from ``seeded_reset(env, seed)``: the start state a
+    gymnasium user gets from ``env.reset(seed=seed)``.
+    """
+    start = None if seed is None else seeded_reset(env, seed)
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
-        return env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
+        return env.rollout(
+            max_steps, policy, break_when_any_done=True, auto_cast_to_device=True, auto_reset=start is None, tensordict=start
+        )
+
+
+def seeded_reset(env: EnvBase, seed: int) -> TensorDictBase:
+    """Reset ``env`` to the start state of ``seed``.
+
+    A gymnasium env gets ``reset(seed=seed)``, as in plain gymnasium; a dm_control task gets its
+    task RNG reseeded and then a reset (as ``suite.load(..., task_kwargs={"random": seed})``).
+    """
+    try:
+        return env.reset(seed=seed)
+    except TypeError:  # dm_control's reset takes no seed
+        env.set_seed(seed)
+        return env.reset()
 
 
 def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> Tensor:

@@ -59,5 +59,5 @@ def test_videos_are_written_and_readable(tmp_path: Path, suffix: str) -> None:
 
 
 def test_returns_table_lists_each_episode_and_the_mean() -> None:
-    table = returns_table([(10.0, 100), (20.0, 200)])
-    assert "| 1 | 20.00 | 200 |" in table and "| mean ± std | 15.00 ± 5.00 | |" in table
+    table = returns_table([(10.0, 100, 7), (20.0, 200, 8)])
+    assert "| 1 | 20.00 | 200 | 8 |" in table and "| mean ± std | 15.00 ± 5.00 | | |" in table

@@ -12,13 +12,15 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from tensordict import TensorDictBase
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor
 from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
-from nmbrl.envs import EnvSpecs
+from nmbrl.checkpoints import CHECKPOINT_KEY
+from nmbrl.envs import EnvSpecs, env_specs, make_env
 from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now
@@ -95,7 +97,7 @@ class SACAgent(LightningModule):
         self.networks: Networks | None = None
         self.polyak_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.compiled_losses = None
-        self.test_results: list[tuple[float, int]] = []
+        self.test_results: list[tuple[float, int, int]] = []  # return, env steps, seed
 
     def build(self, specs: EnvSpecs) -> None:
         """Create actor, critics and their loss (parameters and target critics included) for an environment."""
@@ -122,8 +124,14 @@ class SACAgent(LightningModule):
             self.averaged_actor.requires_grad_(False)  # not trained: DDP must not wait for its gradients
 
     def configure_model(self) -> None:
-        if self.loss_module is None:
+        # Outside a Trainer (``SACAgent.load_from_checkpoint``) there is no datamodule to ask:
+        # ``on_load_checkpoint`` builds the networks from the checkpoint's own record instead.
+        if self.loss_module is None and self._trainer is not None:
             self.build(self.trainer.datamodule.specs)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.loss_module is None:
+            self.build(checkpoint_specs(checkpoint))
 
     @property
     def policy(self) -> ProbabilisticActor:
@@ -217,12 +225,38 @@ class SACAgent(LightningModule):
         self.test_results = []
 
     def test_step(self, batch: int, batch_idx: int) -> None:
-        """One evaluation episode with the deterministic policy, until the environment ends it."""
+        """One evaluation episode with the deterministic policy, until the environment ends it.
+
+        Episode ``i`` starts from the env's reset with seed ``data.eval_seed + i``, so that any
+        test episode can be replayed outside the CLI (``nmbrl.load_agent``, README).
+        """
         data = self.trainer.datamodule
-        episode = run_episode(data.eval_env, self.evaluation_policy, max_steps=TEST_EPISODE_STEP_CAP)
+        seed = data.eval_seed + batch_idx
+        episode = run_episode(data.eval_env, self.evaluation_policy, max_steps=TEST_EPISODE_STEP_CAP, seed=seed)
         episode_return = float(episode["next", "reward"].sum())
-        self.test_results.append((episode_return, episode.shape[0] * data.action_repeat))  # env steps
+        self.test_results.append((episode_return, episode.shape[0] * data.action_repeat, seed))  # env steps
         self.log("test/return_mean", episode_return, on_epoch=True, batch_size=1)
+
+
+def checkpoint_specs(checkpoint: dict) -> EnvSpecs:
+    """The environment specs a checkpoint's networks were built for, from its ``"nmbrl"`` record.
+
+    Checkpoints from before the record held the action bounds get them from the environment itself.
+    """
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if record is None:
+        raise ConfigError(
+            f"this checkpoint is not an NMBRL one (it has no {CHECKPOINT_KEY!r} record): load a checkpoint written by `cli.py fit`."
+        )
+    if record.get("action_low") is None:
+        env = make_env(record["env"], seed=0, action_repeat=record.get("action_repeat", 1))
+        try:
+            return env_specs(env)
+        finally:
+            env.close()
+    low = torch.tensor(record["action_low"], dtype=torch.float32)
+    high = torch.tensor(record["action_high"], dtype=torch.float32)
+    return EnvSpecs(record["observation_dim"], Bounded(low=low, high=high, shape=low.shape, dtype=torch.float32))
 
 
 def check_compiler() -> None:

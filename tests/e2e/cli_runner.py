@@ -57,3 +57,16 @@ def only_run(store: Path) -> mlflow.entities.Run:
     runs = [run for exp in client.search_experiments() for run in client.search_runs([exp.experiment_id])]
     assert len(runs) == 1, f"expected one MLflow run, found {len(runs)}"
     return runs[0]
+
+
+def run_folder(store: Path) -> Path:
+    """The run folder of the one run under ``store``: ``runs/<experiment id>/<run id>``."""
+    run = only_run(store)
+    return store / "runs" / run.info.experiment_id / run.info.run_id
+
+
+def fitted_store(folder: Path, *args: str) -> Path:
+    """``folder`` after ``cli.py fit <args>`` has run to the end in it (for module-scoped fixtures)."""
+    result = run_cli("fit", *args, store=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder

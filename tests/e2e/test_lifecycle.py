@@ -11,8 +11,10 @@ import imageio.v2 as imageio
 import mlflow
 import pytest
 import torch
-from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli
+from cli_runner import ROOT, TINY, TINY_MBPO, fitted_store, only_run, run_cli, run_folder
 from lifecycle_runner import buffer_length, checkpoints, load, send_and_wait, start_cli, wait_for
+
+from nmbrl import load_agent, load_imagined_env, load_world_model
 
 PENDULUM = ["--config", "configs/mbpo.yaml", "--data.env", "InvertedPendulum-v5", *TINY, *TINY_MBPO]
 
@@ -28,10 +30,7 @@ def history(store: Path, run_id: str, key: str) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A finished 2-epoch MBPO run on InvertedPendulum (400 env steps)."""
-    store = tmp_path_factory.mktemp("trained")
-    result = run_cli("fit", *PENDULUM, store=store)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return store
+    return fitted_store(tmp_path_factory.mktemp("trained"), *PENDULUM)
 
 
 def test_resume_continues_the_same_run_with_full_buffers(trained: Path) -> None:
@@ -79,7 +78,8 @@ def test_test_command_prints_returns_and_logs_a_video(trained: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| mean ± std |" in result.stdout
     rows = (folder / "test" / "test_returns.csv").read_text().splitlines()
-    assert rows[0] == "episode,return,steps" and len(rows) == 4
+    assert rows[0] == "episode,return,steps,seed" and len(rows) == 4
+    assert [row.split(",")[3] for row in rows[1:]] == ["10000", "10001", "10002"]  # eval seed (seed 0 + 10000) + episode
     videos = list((folder / "test").glob("*.gif"))
     assert len(videos) == 1
     frames = imageio.mimread(videos[0])
@@ -94,6 +94,20 @@ def test_fit_saves_the_eval_curve(trained: Path) -> None:
     folder = trained / "runs" / run.info.experiment_id / run.info.run_id
     assert (folder / "eval_returns.png").stat().st_size > 1000
     assert "eval_returns.png" in {a.path for a in client(trained).list_artifacts(run.info.run_id)}
+
+
+def test_the_trained_world_model_loads_as_an_imagined_env_that_rolls_out_the_agent(trained: Path) -> None:
+    folder = run_folder(trained)
+    start = torch.randn(16, 4, generator=torch.Generator().manual_seed(0)) * 0.05  # small angles and velocities
+
+    env = load_imagined_env(folder, batch_size=4, start_states=start)
+    # Rows go on after a predicted termination (TorchRL's rollout would stop at the first one).
+    rollout = env.rollout(5, load_agent(folder).policy, break_when_any_done=False)
+
+    assert rollout["next", "observation"].shape == (4, 5, 4)
+    first = rollout["observation"][:, 0]
+    assert all(any(torch.equal(row, candidate) for candidate in start) for row in first)  # drawn from start_states
+    assert load_world_model(folder).trained
 
 
 def test_checkpoint_of_another_environment_is_refused(trained: Path) -> None:
@@ -114,7 +128,9 @@ def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> Non
     checkpoint = load(checkpoints(store)[0])
     assert checkpoint["nmbrl"]["env_steps"] >= 300  # past the first epoch, wherever it stopped
     assert buffer_length(checkpoint, "real_buffer") == checkpoint["nmbrl"]["env_steps"]
-    assert only_run(store).info.status == "KILLED"
+    run = only_run(store)
+    assert run.info.status == "KILLED"
+    assert len(run.outputs.model_outputs) == 1  # the policy, logged as an MLflow model on the way out
     print(f"stopped {seconds:.1f} s after SIGINT")
 
 
