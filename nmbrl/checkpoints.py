@@ -91,27 +91,44 @@ class CheckpointInfo:
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     """Read the ``"nmbrl"`` record of a checkpoint; ConfigError if it is missing, corrupt or foreign."""
+    # mmap: tensors stay on disk, so reading the record of a multi-GB checkpoint is cheap.
+    checkpoint = read_checkpoint(
+        path,
+        mmap=True,
+        label=f"ckpt_path={str(path)!r}",
+        missing_hint="Pass `--ckpt_path last` to resume the latest run of this config's experiment, or the path of a "
+        "file in a run folder's checkpoints/ (runs/<experiment id>/<run id>/checkpoints/).",
+    )
+    return CheckpointInfo(path=Path(path), **checkpoint[CHECKPOINT_KEY])
+
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    mmap: bool = False,
+    label: str | None = None,
+    missing_hint: str = "Pass a checkpoint written by `cli.py fit` (runs/<experiment id>/<run id>/checkpoints/last.ckpt).",
+) -> dict[str, Any]:
+    """An NMBRL checkpoint file, loaded on the CPU; ConfigError (naming it as ``label``) if it is missing, corrupt or foreign.
+
+    ``weights_only``: NMBRL checkpoints hold only tensors and plain values (RNG states included).
+    """
     path = Path(path)
+    label = label or repr(str(path))
     if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={str(path)!r}: no such checkpoint file. Pass `--ckpt_path last` to resume the latest run of "
-            "this config's experiment, or the path of a file in a run folder's checkpoints/ (runs/<experiment id>/<run id>/checkpoints/)."
-        )
+        raise ConfigError(f"{label}: no such checkpoint file. {missing_hint}")
     try:
-        # mmap: tensors stay on disk, so reading the record of a multi-GB checkpoint is cheap.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise ConfigError(
-            f"ckpt_path={str(path)!r} cannot be read as a checkpoint ({type(error).__name__}: {error}). "
+            f"{label} cannot be read as a checkpoint ({type(error).__name__}: {error}). "
             f"The file is corrupt or truncated: pick another checkpoint from {path.parent}."
         ) from None
-    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if record is None:
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise ConfigError(
-            f"ckpt_path={str(path)!r} is not an NMBRL checkpoint (it has no {CHECKPOINT_KEY!r} record). "
+            f"{label} is not an NMBRL checkpoint (it has no {CHECKPOINT_KEY!r} record). "
             "Pass a checkpoint written by `cli.py fit`."
         )
-    return CheckpointInfo(path=path, **record)
+    return checkpoint
 
 
 def find_last_checkpoint(root_dir: str | os.PathLike, experiment_id: str | None) -> Path:

@@ -18,7 +18,7 @@ import torch
 
 from nmbrl.agent.sac import SACAgent
 from nmbrl.agent.trained import TrainedAgent
-from nmbrl.checkpoints import CHECKPOINT_KEY
+from nmbrl.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from nmbrl.errors import ConfigError
 from nmbrl.preflight import DEFAULT_TRACKING_URI, check_server
 from nmbrl.tracking import sqlite_path
@@ -41,16 +41,16 @@ def load_agent(
     (the averaged policy where the run kept one), True the averaged one, False the actor.
     """
     path = agent_file(source, tracking_uri)
-    checkpoint = read_nmbrl_checkpoint(path)
+    record = read_checkpoint(path, mmap=True)[CHECKPOINT_KEY]  # checks it first; mmap: the tensors stay on disk
     agent = SACAgent.load_from_checkpoint(path, map_location=device, weights_only=True)
-    return TrainedAgent(agent.to(device), checkpoint[CHECKPOINT_KEY]["env"], checkpoint[CHECKPOINT_KEY]["observation_dim"], averaged)
+    return TrainedAgent(agent.to(device), record["env"], record["observation_dim"], averaged)
 
 
 def load_world_model(source: str | os.PathLike, tracking_uri: str = DEFAULT_TRACKING_URI, device: str | torch.device = "cpu"):
     """The trained ensemble world model of ``source`` (a checkpoint file, a run folder or an MLflow run id)."""
     from nmbrl.world_model.loading import world_model_from_checkpoint
 
-    return world_model_from_checkpoint(read_nmbrl_checkpoint(find_checkpoint(source, tracking_uri)), device=device)
+    return world_model_from_checkpoint(read_checkpoint(find_checkpoint(source, tracking_uri)), device=device)
 
 
 def load_imagined_env(
@@ -63,22 +63,8 @@ def load_imagined_env(
     """The world model of ``source`` as an ``ImaginedEnv`` of ``batch_size`` rows, starting from ``start_states`` on reset."""
     from nmbrl.world_model.loading import imagined_env_from_checkpoint
 
-    checkpoint = read_nmbrl_checkpoint(find_checkpoint(source, tracking_uri))
+    checkpoint = read_checkpoint(find_checkpoint(source, tracking_uri))
     return imagined_env_from_checkpoint(checkpoint, batch_size, start_states=start_states, device=device)
-
-
-def read_nmbrl_checkpoint(path: Path) -> dict:
-    """The checkpoint at ``path``, loaded on CPU; ConfigError if it cannot be read or is not NMBRL's."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"{str(path)!r} cannot be read as a checkpoint ({type(error).__name__}: {error}).") from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise ConfigError(
-            f"{str(path)!r} is not an NMBRL checkpoint (it has no {CHECKPOINT_KEY!r} record): pass a checkpoint "
-            "written by `cli.py fit`, its run folder, or its MLflow run id."
-        )
-    return checkpoint
 
 
 def agent_file(source: str | os.PathLike, tracking_uri: str) -> Path:

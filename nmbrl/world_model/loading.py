@@ -8,8 +8,6 @@ the ``"nmbrl"`` record that names the environment it was trained on.
 from __future__ import annotations
 
 import inspect
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,24 +57,6 @@ def imagined_env_from_checkpoint(
         return ImaginedEnv(world_model, env, batch_size, start_states=start_states)
     finally:
         env.close()  # ImaginedEnv copies the real env's specs and keeps nothing else of it
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint file at ``path``, loaded on the CPU; ConfigError if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"{str(path)!r}: no such checkpoint file. Pass a checkpoint written by `cli.py fit` "
-            "(runs/<experiment id>/<run id>/checkpoints/*.ckpt)."
-        )
-    try:
-        # weights_only: NMBRL checkpoints hold only tensors and plain values (RNG states included).
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(
-            f"{str(path)!r} cannot be read as an NMBRL checkpoint ({type(error).__name__}: {error}). "
-            "Pass a checkpoint written by `cli.py fit`."
-        ) from None
 
 
 def world_model_state(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

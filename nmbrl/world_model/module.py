@@ -96,7 +96,8 @@ class EnsembleWorldModel(LightningModule):
         (default: CPU); ``kwargs`` override stored hyperparameters. ConfigError if the file is not an
         NMBRL checkpoint or its run had no world model.
         """
-        from nmbrl.world_model.loading import read_checkpoint, world_model_from_checkpoint  # it imports this module
+        from nmbrl.checkpoints import read_checkpoint
+        from nmbrl.world_model.loading import world_model_from_checkpoint  # it imports this module
 
         return world_model_from_checkpoint(read_checkpoint(checkpoint_path), map_location or "cpu", **kwargs)
 
