@@ -27,7 +27,7 @@ from nmbrl.data import RLDataModule
 from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.preflight import check_tracking_uri, check_writable_folder
-from nmbrl.tracking import SaveConfigToRun
+from nmbrl.tracking import SaveConfigToRun, sqlite_store_lock
 
 TORCH_THREADS_HELP = (
     "Intra-op threads of torch, or 'auto' (the default): the idle cores (cores this process may use, less those "
@@ -190,7 +190,8 @@ def experiment_id(logger: Namespace | None) -> str | None:
     """The MLflow id of the configured experiment (run folders are named after it), if it exists."""
     if logger is None:
         return None
-    experiment = MlflowClient(logger.tracking_uri).get_experiment_by_name(logger.experiment_name)
+    with sqlite_store_lock(logger.tracking_uri):
+        experiment = MlflowClient(logger.tracking_uri).get_experiment_by_name(logger.experiment_name)
     if experiment is None:
         raise ConfigError(
             f"ckpt_path='last': the experiment {logger.experiment_name!r} has no runs in {logger.tracking_uri}, so there "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ class EnvStepMLFlowLogger(MLFlowLogger):
 
     RL curves are read against env steps; every metric is logged at the latest ``env_steps``
     value seen (``log_now`` adds it to each write; Lightning's own writes, such as ``epoch``,
-    reuse the last one). The folder of an sqlite tracking URI is created on first use.
+    reuse the last one). The folder of an sqlite tracking URI is created on first use, and runs
+    started at once on a fresh sqlite store take turns creating it (``sqlite_store_lock``).
 
     Args:
         experiment_name: MLflow experiment that holds the run (``cli.py`` names it ``<algorithm>-<env>``,
@@ -46,14 +50,15 @@ class EnvStepMLFlowLogger(MLFlowLogger):
         sqlite_file = sqlite_path(tracking_uri)
         if artifact_location is None and sqlite_file is not None:
             artifact_location = (sqlite_file.parent / "mlartifacts").resolve().as_uri()
-        super().__init__(
-            experiment_name=experiment_name or "nmbrl",
-            run_name=run_name,
-            tracking_uri=tracking_uri,
-            artifact_location=artifact_location,
-            tags=tags,
-            run_id=run_id,
-        )
+        with sqlite_store_lock(tracking_uri):  # MLflow's client creates and migrates the store here
+            super().__init__(
+                experiment_name=experiment_name or "nmbrl",
+                run_name=run_name,
+                tracking_uri=tracking_uri,
+                artifact_location=artifact_location,
+                tags=tags,
+                run_id=run_id,
+            )
         self._env_steps = 0
         self.end_status: str | None = None
         self.continued_from_status: str | None = None
@@ -63,11 +68,9 @@ class EnvStepMLFlowLogger(MLFlowLogger):
     def experiment(self):
         if self._initialized:
             return self._mlflow_client
-        sqlite_file = sqlite_path(self._tracking_uri)
-        if sqlite_file is not None:
-            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         continued = self._run_id is not None
-        client = super().experiment
+        with sqlite_store_lock(self._tracking_uri):  # two new runs could both create the experiment
+            client = super().experiment
         if continued:
             self.continued_from_status = client.get_run(self._run_id).info.status
             client.update_run(self._run_id, status="RUNNING")
@@ -90,6 +93,29 @@ class EnvStepMLFlowLogger(MLFlowLogger):
 def sqlite_path(tracking_uri: str) -> Path | None:
     prefix = "sqlite:///"
     return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def sqlite_store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of an sqlite store (nothing for other stores).
+
+    MLflow creates a missing store, and migrates an old one, the first time a process opens it,
+    with no guard against another process doing the same: two runs started together on a fresh
+    store failed with ``duplicate column name``. It also creates a missing experiment without
+    one, so two first runs of an experiment could fail on its unique name. The lock is an
+    ``flock`` on the folder itself, so no lock file is left behind; it is released if the process dies.
+    """
+    sqlite_file = sqlite_path(tracking_uri)
+    if sqlite_file is None:
+        yield
+        return
+    sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(sqlite_file.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # closing releases the lock
 
 
 def run_dir(trainer: Trainer) -> Path:
