@@ -21,11 +21,14 @@ from tensordict import TensorDictBase
 from callbacks.model_training import WorldModelTraining
 from nmbrl.concurrent.collector_role import CollectorRole
 from nmbrl.concurrent.cores import ThreadLending, available_cores, threads_beside
-from nmbrl.concurrent.pacing import Pacing, RemoteCollection
-from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights
+from nmbrl.concurrent.pacing import POLL_S, PacedStream, Pacing, RemoteCollection
+from nmbrl.concurrent.shared import CONTEXT, SharedRealData, SharedWeights, module_weights, share_real_data
 from nmbrl.concurrent.supervisor import RoleProcess
 from nmbrl.concurrent.world_model_role import WorldModelRole, published_world_model
+from nmbrl.data import RLDataModule
 from nmbrl.errors import ConfigError, RoleFailed, check_at_least_one
+from nmbrl.interrupt import interrupt
+from nmbrl.schedule import next_due
 from nmbrl.tracking import RoleLogger, log_now, mlflow_run_of
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -39,9 +42,23 @@ class CollectorProcess(Callback):
     ``data.updates_per_step`` updates per real transition, and the collector to at most ``max_lead``
     steps ahead of the agent. A failure of the collector stops the run with its error.
 
+    This callback owns the shared real data (``shared``) and hands the data module its buffer and
+    stream of batches through ``RLDataModule.collect_elsewhere``.
+
+    With ``lockstep``, the three processes keep synchronous MBPO's order exactly: the collector
+    takes a transition only after the agent's ``updates_per_step`` updates on the one before, and
+    with the policy they left; the world model is retrained at the env steps sync mode retrains
+    it at, on the same data, and the agent waits for it before its next update
+    (``WorldModelTrainingProcess``), so every rollout starts right after the retraining at its
+    env step. It learns as sync mode does, and is no faster: it is the reference that the
+    overlapping settings are measured against (``benchmarks/RESULTS.md``).
+
     Args:
-        max_lead: Env steps the collector may run ahead of the step the agent needs next (null: unpaced).
-        publish_every: Agent updates between two publications of the policy weights.
+        max_lead: Env steps the collector may run ahead of the step the agent needs next (null:
+            unpaced). ``lockstep`` sets it to 0.
+        publish_every: Agent updates between two publications of the policy weights. ``lockstep``
+            publishes after each transition's updates instead.
+        lockstep: Run in synchronous MBPO's order (above).
         threads: Torch threads of the collector process.
         nice: Scheduling priority of the collector process, from 0 (normal) to 19 (lowest). Where
             the cores are short, a low priority lets it step in the moments the agent leaves a core
@@ -54,6 +71,7 @@ class CollectorProcess(Callback):
         self,
         max_lead: int | None = 250,
         publish_every: int = 10,
+        lockstep: bool = False,
         threads: int = 1,
         nice: int = 0,
         log_every_s: float = 10.0,
@@ -64,31 +82,42 @@ class CollectorProcess(Callback):
             raise ConfigError(f"max_lead={max_lead} must be at least 0, or null for an unpaced collector.")
         if not 0 <= nice <= 19:
             raise ConfigError(f"nice={nice} must be from 0 (normal priority) to 19 (lowest); a higher priority needs root.")
-        self.max_lead = max_lead
+        self.max_lead = 0 if lockstep else max_lead
         self.publish_every = publish_every
+        self.lockstep = lockstep
         self.threads = threads
         self.nice = nice
         self.log_every_s = log_every_s
         self.stop_timeout_s = stop_timeout_s
         self.process: RoleProcess | None = None
+        self.shared: SharedRealData | None = None
+        self.collection: RemoteCollection | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_single_process(trainer)
-        trainer.datamodule.share_real_data()
+        if self.shared is None:  # before any checkpoint is restored, so that its data land in shared memory
+            data = trainer.datamodule
+            self.shared = share_real_data(data)
+            data.collect_elsewhere(self.shared.buffer, self.batch_stream)
+
+    def batch_stream(self, data: RLDataModule) -> PacedStream:
+        """The agent's batches, each waiting for the transition it follows (``RLDataModule.collect_elsewhere``)."""
+        return PacedStream(data, self.collection)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        data = trainer.datamodule
-        shared = data.share_real_data()
+        data, shared = trainer.datamodule, self.shared
         shared.env_steps.value = data.env_steps  # nonzero when resuming
         self.pacing = Pacing(data.random_steps, data.updates_per_step, self.max_lead, data.action_repeat)
+        # Lockstep publishes after each transition's updates, before the collector may take the next one.
+        self.publish_every = data.updates_per_step if self.lockstep else self.publish_every
         self.agent_updates = CONTEXT.Value("q", trainer.global_step)
         self.policy_version = CONTEXT.Value("q", 0)
         self.policy = SharedWeights(published_policy(pl_module))
         self.policy.publish(published_policy(pl_module))
+        self.next_publish_at = next_due(trainer.global_step, self.publish_every)
         self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s)
         self.process.start()
         self.collection = RemoteCollection(shared.env_steps, self.pacing, self.process.check)
-        data.collect_remotely(self.collection)
         self._since = (time.perf_counter(), 0.0)
 
     def make_role(self, trainer: Trainer, pl_module: LightningModule, shared: SharedRealData) -> CollectorRole:
@@ -111,11 +140,13 @@ class CollectorProcess(Callback):
         )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.agent_updates.value = trainer.global_step
-        if trainer.global_step % self.publish_every == 0:
+        # The policy first: the collector, seeing the new update count, may step at once and acts with the newest policy.
+        if trainer.global_step >= self.next_publish_at:
             self.policy.publish(published_policy(pl_module))
+            self.next_publish_at = next_due(trainer.global_step, self.publish_every)
+        self.agent_updates.value = trainer.global_step
         self.process.check()
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        if batch_idx % trainer.log_every_n_steps == 0:  # batches are transitions, as EnvStepMonitor counts them
             self.log_agent_side(trainer)
 
     def log_agent_side(self, trainer: Trainer) -> None:
@@ -161,7 +192,10 @@ class WorldModelTrainingProcess(WorldModelTraining):
     ``agent/torch_threads``.
 
     Rollouts (``BranchedRollouts``) wait for the retraining that starts at their env step, as in
-    synchronous MBPO, instead of imagining with the model one retraining older.
+    synchronous MBPO, instead of imagining with the model one retraining older; the agent keeps
+    training meanwhile. In lockstep (``CollectorProcess(lockstep=True)``) the agent waits too:
+    at each env step where sync mode retrains, it takes no update until the model trained on
+    the data up to that step has arrived (the time is logged as ``agent/world_model_wait_s``).
 
     Args:
         world_model: The ensemble to train.
@@ -170,7 +204,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         stop_timeout_s: Seconds the process gets to stop (it finishes its epoch) before it is terminated.
     """
 
-    retrains_elsewhere = True
+    lags_behind = True
 
     def __init__(self, world_model: EnsembleWorldModel, every: int = 250, threads: int = 1, stop_timeout_s: float = 10.0) -> None:
         super().__init__(world_model, every)
@@ -178,21 +212,20 @@ class WorldModelTrainingProcess(WorldModelTraining):
         self.threads = threads
         self.stop_timeout_s = stop_timeout_s
         self.process: RoleProcess | None = None
+        self.lockstep = False
+        self.waited_s = 0.0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        data = trainer.datamodule
-        if data.shared is None:
-            raise ConfigError(
-                "WorldModelTrainingProcess trains on the real buffer that CollectorProcess shares: add "
-                "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml)."
-            )
+        collector = collector_process_of(trainer)
+        self.lockstep = collector.lockstep
+        self.lags_behind = not self.lockstep  # in lockstep the agent waits for each model instead
         self.in_use = published_world_model(self.world_model, self.trained_on)
         self.weights = SharedWeights(self.in_use)
         agent_threads = torch.get_num_threads()
         while_retraining = threads_beside(agent_threads, self.threads, available_cores())
         self.lending = ThreadLending(CONTEXT.Value("b", 0, lock=False), agent_threads, while_retraining)
-        self.process = RoleProcess(self.make_role(trainer, data.shared), self.stop_timeout_s)
+        self.process = RoleProcess(self.make_role(trainer, collector.shared), self.stop_timeout_s)
         self.process.start()
 
     def make_role(self, trainer: Trainer, shared: SharedRealData) -> WorldModelRole:
@@ -201,7 +234,8 @@ class WorldModelTrainingProcess(WorldModelTraining):
             weights=self.weights,
             buffer=shared.buffer,
             env_steps=shared.env_steps,
-            first_at=trainer.datamodule.random_steps + 1,
+            # A resumed run keeps its schedule: the next retraining is the one its checkpoint has due.
+            first_at=max(trainer.datamodule.random_steps + 1, self.next_training_at),
             every=self.every,
             retraining=self.lending.retraining,
             logger=RoleLogger(mlflow_run_of(trainer)),
@@ -210,21 +244,42 @@ class WorldModelTrainingProcess(WorldModelTraining):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # Replaces the in-process retraining of WorldModelTraining: take the newest published version.
-        version = self.weights.read_into(self.in_use, newer_than=self.version)
-        if version is not None:
-            self.version = version
-            self.trained_on = int(self.in_use["env_steps"])
+        env_steps = trainer.datamodule.env_steps
+        if self.lockstep and env_steps >= self.next_training_at:
+            self.wait_for_model_trained_on(env_steps)
+        self.take_newest_model()
         self.process.check()
         threads = self.lending.apply()
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        if batch_idx % trainer.log_every_n_steps == 0:  # batches are transitions, as EnvStepMonitor counts them
             log_now(
                 trainer,
                 {
                     "agent/world_model_version": self.version,
-                    "agent/world_model_age_steps": trainer.datamodule.env_steps - self.trained_on,
+                    "agent/world_model_age_steps": env_steps - self.trained_on,
+                    "agent/world_model_wait_s": self.waited_s,
                     "agent/torch_threads": threads,
                 },
             )
+
+    def take_newest_model(self) -> bool:
+        """Copy the newest published model into the one rollouts use, if it is newer; whether it was."""
+        version = self.weights.read_into(self.in_use, newer_than=self.version)
+        if version is None:
+            return False
+        self.version = version
+        self.trained_on = int(self.in_use["env_steps"])
+        self.next_training_at = next_due(self.trained_on, self.every)
+        return True
+
+    def wait_for_model_trained_on(self, env_steps: int) -> None:
+        """Block until a model trained on the data up to ``env_steps`` is in use (lockstep)."""
+        started = time.perf_counter()
+        while self.trained_on < env_steps:
+            if not self.take_newest_model():
+                self.process.check()
+                interrupt.raise_if_requested()  # waiting is a safe point to stop at
+                time.sleep(POLL_S)
+        self.waited_s += time.perf_counter() - started
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.stop()
@@ -254,6 +309,17 @@ class WorldModelTrainingProcess(WorldModelTraining):
 def published_policy(pl_module: LightningModule) -> TensorDictBase:
     """The policy weights as the collector receives them, stamped with the agent update they come from."""
     return module_weights(pl_module.policy).set("agent_updates", torch.tensor(pl_module.global_step))
+
+
+def collector_process_of(trainer: Trainer) -> CollectorProcess:
+    """The run's ``CollectorProcess``, which holds the shared real data."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, CollectorProcess):
+            return callback
+    raise ConfigError(
+        "WorldModelTrainingProcess trains on the real buffer that CollectorProcess shares: add "
+        "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml)."
+    )
 
 
 def check_single_process(trainer: Trainer) -> None:

@@ -13,6 +13,7 @@ from tensordict import TensorDictBase
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
 from nmbrl.interrupt import stop_requested
+from nmbrl.schedule import next_due
 from nmbrl.tracking import log_now
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -31,8 +32,9 @@ class WorldModelTraining(Callback):
         every: Env steps between retrainings (MBPO's ``model_train_freq``).
     """
 
-    #: Whether retraining runs beside the agent (concurrent mode), so that a new version can be waited for.
-    retrains_elsewhere = False
+    #: Whether the model in use may be older than the retraining due at the current env step
+    #: (concurrent mode, where it retrains beside the agent), so that a rollout should wait for a newer one.
+    lags_behind = False
 
     def __init__(self, world_model: EnsembleWorldModel, every: int = 250) -> None:
         if every < 1:
@@ -57,7 +59,7 @@ class WorldModelTraining(Callback):
         env_steps = trainer.datamodule.env_steps
         if env_steps < self.next_training_at:
             return
-        self.next_training_at = (env_steps // self.every + 1) * self.every
+        self.next_training_at = next_due(env_steps, self.every)
         started = time.perf_counter()
         metrics = train_world_model(trainer.strategy, self.world_model, trainer.datamodule.real_buffer[:])
         self.version += 1
@@ -67,7 +69,7 @@ class WorldModelTraining(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "world_model": self.world_model.state_dict(),
-            # To rebuild the ensemble outside a run (nmbrl.world_model.loading); a resumed run has its config.
+            # To rebuild the ensemble outside a run (EnsembleWorldModel.from_checkpoint); a resumed run has its config.
             "hparams": dict(self.world_model.hparams),
             "optimizer": self.world_model.optimizer.state_dict(),
             "next_training_at": self.next_training_at,

@@ -11,6 +11,7 @@ from callbacks.model_training import model_training_of
 from nmbrl.data import model_buffer_capacity
 from nmbrl.errors import ConfigError, check_at_least_one
 from nmbrl.rollouts import branched_rollout, check_rollout_schedule, rollout_horizon
+from nmbrl.schedule import next_due
 from nmbrl.tracking import log_now
 
 
@@ -65,10 +66,10 @@ class BranchedRollouts(Callback):
         due = data.env_steps >= self.next_rollout_at or data.model_buffer is None
         if not due or not world_model.trained:
             return
-        if training.retrains_elsewhere and training.version == self.rolled_out_with:
+        if training.lags_behind and training.version == self.rolled_out_with:
             return  # its retraining on the steps up to here is under way: roll out with the result
         self.rolled_out_with = training.version
-        self.next_rollout_at = (data.env_steps // self.every + 1) * self.every
+        self.next_rollout_at = next_due(data.env_steps, self.every)
         started = time.perf_counter()
         horizon = rollout_horizon(trainer.current_epoch, self.schedule)
         data.resize_model_buffer(

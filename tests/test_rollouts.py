@@ -294,7 +294,7 @@ def test_rollouts_leave_out_the_steps_the_model_is_least_sure_of(pendulum, monke
 class ModelTrainingElsewhere(WorldModelTraining):
     """A world-model callback whose retraining runs beside the agent, as in concurrent mode."""
 
-    retrains_elsewhere = True
+    lags_behind = True
 
     def receive(self, trained_on: int) -> None:
         """What concurrent mode does when a newer published version arrives."""

@@ -67,6 +67,7 @@ class CollectorRole:
                     time.sleep(POLL_S)
                     continue
                 self.take_latest_policy(acting_with)
+                report.policy_ages.append(self.agent_updates.value - int(acting_with["agent_updates"]))
                 next(steps)
                 with self.env_steps.get_lock():
                     self.env_steps.value += self.action_repeat
@@ -90,6 +91,7 @@ class CollectorReport:
         self.role = role
         self.since = since
         self.env_steps = role.env_steps.value
+        self.policy_ages: list[int] = []  # per step: agent updates made since the policy it acted with
 
     def log(self, acting_with, finished_returns: list[float]) -> None:
         role, now, env_steps = self.role, time.perf_counter(), self.role.env_steps.value
@@ -98,10 +100,10 @@ class CollectorReport:
             "collector/env_steps_per_s": (env_steps - self.env_steps) / (now - self.since),
             "collector/policy_version": role.policy_version.value,
             "collector/policy_versions_behind": role.policy.version.value - role.policy_version.value,
-            "collector/policy_age_updates": updates - int(acting_with["agent_updates"]),
+            "collector/policy_age_updates": sum(self.policy_ages) / max(len(self.policy_ages), 1),
             "pacing/update_ratio": role.pacing.update_ratio(env_steps, updates),
         }
         if finished_returns:
             metrics["train/episode_return"] = sum(finished_returns) / len(finished_returns)
         role.logger.log(metrics, env_steps)
-        self.since, self.env_steps = now, env_steps
+        self.since, self.env_steps, self.policy_ages = now, env_steps, []

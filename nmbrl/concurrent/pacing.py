@@ -5,16 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from multiprocessing.sharedctypes import Synchronized
 
 from tensordict import TensorDictBase
 
+from nmbrl.data.module import RLDataModule
 from nmbrl.interrupt import interrupt
-
-if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import Synchronized
-
-    from nmbrl.data.module import RLDataModule
 
 POLL_S = 0.002
 
@@ -77,11 +73,12 @@ class RemoteCollection:
 
 
 class PacedStream:
-    """The training "dataloader" of concurrent mode: ``epoch_length * updates_per_step`` mixed batches.
+    """The training "dataloader" of concurrent mode: per real transition, one ``updates_per_step x batch_size`` batch.
 
-    Like ``TrainingStream``, but the env steps come from the collector process; each batch waits
-    until pacing allows its update, and refreshes the data module's ``env_steps``. An epoch ends
-    after ``(current_epoch + 1) * len(self)`` agent updates in all.
+    Like ``TrainingStream``, but the env steps come from the collector process: the batches of
+    transition ``t`` (counted after exploration) wait until the collector has taken it, and
+    refresh the data module's ``env_steps``. An epoch ends after ``(current_epoch + 1) * len(self)``
+    transitions in all, so an epoch resumed midway takes only the transitions it has left.
     """
 
     def __init__(self, data: RLDataModule, collection: RemoteCollection) -> None:
@@ -89,11 +86,11 @@ class PacedStream:
         self.collection = collection
 
     def __len__(self) -> int:
-        return self.data.updates_per_epoch
+        return self.data.transitions(self.data.epoch_length)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
-        data, collection, trainer = self.data, self.collection, self.data.trainer
-        # Up to the end of the current epoch, so that an epoch resumed midway takes only the updates it has left.
-        for update in range(trainer.global_step, (trainer.current_epoch + 1) * len(self)):
-            data.env_steps = collection.wait_for_env_steps(collection.pacing.env_steps_needed(update))
-            yield data.sample_batch()
+        data, pacing, trainer = self.data, self.collection.pacing, self.data.trainer
+        done = -(-trainer.global_step // data.updates_per_step)  # transitions trained on so far
+        for transition in range(done, (trainer.current_epoch + 1) * len(self)):
+            data.env_steps = self.collection.wait_for_env_steps(pacing.env_steps_needed(transition * data.updates_per_step))
+            yield data.sample_step_batches()

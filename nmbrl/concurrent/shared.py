@@ -12,6 +12,9 @@ from torch import multiprocessing as mp
 from torch import nn
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 
+from nmbrl.data.buffers import select_transitions
+from nmbrl.data.module import RLDataModule
+
 # Role processes are started with "spawn": forking a process whose torch threads are running can deadlock.
 CONTEXT = mp.get_context("spawn")
 
@@ -123,3 +126,14 @@ class SharedRealData:
 
     buffer: SharedReplayBuffer
     env_steps: Synchronized
+
+
+def share_real_data(data: RLDataModule) -> SharedRealData:
+    """The data module's real buffer, copied into shared memory, and its env-step count, shared too.
+
+    The data module keeps its transitions in the shared buffer from then on; pass the buffer to
+    ``RLDataModule.collect_elsewhere`` together with the stream of batches.
+    """
+    example = select_transitions(data.env.fake_tensordict())
+    buffer = make_shared_replay_buffer(data.buffer_size, example, contents=data.real_buffer)
+    return SharedRealData(buffer, CONTEXT.Value("q", data.env_steps))

@@ -13,6 +13,7 @@ from tensordict import TensorDictBase
 from nmbrl.concurrent.pacing import POLL_S
 from nmbrl.concurrent.shared import SharedReplayBuffer, SharedWeights, module_weights
 from nmbrl.concurrent.supervisor import StopSignal
+from nmbrl.schedule import next_due
 from nmbrl.tracking import RoleLogger
 from nmbrl.world_model import EnsembleWorldModel
 
@@ -26,8 +27,11 @@ class WorldModelRole:
         weights: Where each retrained version is published, stamped with ``env_steps`` (the data it saw).
         buffer: The shared real buffer it trains on.
         env_steps: The run's env-step count, written by the collector.
-        first_at: Env steps before the first retraining (the end of random exploration).
-        every: New env steps needed before the next retraining starts.
+        first_at: Env steps the first retraining waits for (the end of random exploration, or
+            the next retraining due in a resumed run).
+        every: Later retrainings start at the first env-step count they see at or past the next
+            multiple of ``every`` (``nmbrl.schedule.next_due``), as ``WorldModelTraining`` schedules
+            them; in lockstep that count is the multiple itself.
         retraining: Set to 1 while a retraining runs, so that the agent can lend its threads
             (``nmbrl.concurrent.cores.ThreadLending``).
         logger: Where the role's metrics go.
@@ -49,14 +53,14 @@ class WorldModelRole:
 
     def run(self, should_stop: StopSignal) -> bytes:
         """Retrain while the role runs; return the final weights and optimizer state (``torch.save`` bytes)."""
-        trained_on = None
+        trained_on, due_at = None, self.first_at
         while not should_stop():
             env_steps = self.env_steps.value
-            if env_steps < self.first_at or (trained_on is not None and env_steps - trained_on < self.every):
+            if env_steps < due_at:
                 time.sleep(POLL_S)
                 continue
             self.retrain(env_steps, should_stop)
-            trained_on = env_steps
+            trained_on, due_at = env_steps, next_due(env_steps, self.every)
         return self.final_state(trained_on)
 
     def retrain(self, env_steps: int, should_stop: StopSignal) -> None:

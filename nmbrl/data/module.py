@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -11,8 +11,6 @@ from tensordict import TensorDictBase
 from torchrl.data import ReplayBuffer
 from torchrl.envs import EnvBase
 
-from nmbrl.concurrent.pacing import PacedStream, RemoteCollection
-from nmbrl.concurrent.shared import CONTEXT, SharedRealData, make_shared_replay_buffer
 from nmbrl.data.buffers import (
     buffer_state,
     load_buffer_state,
@@ -20,7 +18,6 @@ from nmbrl.data.buffers import (
     resized,
     sample_mixed_batch,
     sample_mixed_batches,
-    select_transitions,
 )
 from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.data.scratch import make_scratch_folder, remove_scratch_folder
@@ -29,6 +26,9 @@ from nmbrl.errors import ConfigError, check_at_least_one
 
 # Evaluation episodes run on an environment seeded this far from the training seed.
 EVAL_SEED_OFFSET = 10_000
+
+# Builds the agent's batches for one epoch from the data module (``TrainingStream`` unless ``collect_elsewhere``).
+BatchStream = Callable[["RLDataModule"], Iterable[TensorDictBase]]
 
 
 class RLDataModule(LightningDataModule):
@@ -64,6 +64,9 @@ class RLDataModule(LightningDataModule):
             Humanoid settings is about 36 GB), and a resumed run refills the model buffer from
             the restored world model before its first agent update.
         test_episodes: Episodes run by ``cli.py test`` with the deterministic policy.
+
+    Another process may step the environment instead (concurrent mode): ``collect_elsewhere``
+    is the seam for it.
 
     Checkpoints hold both buffers (contents and write positions) and the env-step count, so a
     resumed run continues with its buffers as full as they were (the model buffer only with
@@ -128,8 +131,7 @@ class RLDataModule(LightningDataModule):
         self._collector = None
         self._collector_iter: Iterator | None = None
         self._episodes: KeepTransitions | None = None
-        self.shared: SharedRealData | None = None
-        self.remote_collection: RemoteCollection | None = None
+        self._batch_stream: BatchStream | None = None
 
     @property
     def rank(self) -> int:
@@ -172,11 +174,9 @@ class RLDataModule(LightningDataModule):
             remove_scratch_folder(self._model_buffer_folder)
             self._model_buffer_folder = None
 
-    def train_dataloader(self) -> TrainingStream | PacedStream:
-        if self.remote_collection is not None:
-            return PacedStream(self, self.remote_collection)
+    def train_dataloader(self) -> Iterable[TensorDictBase]:
         self.check_checkpoint_interval()
-        return TrainingStream(self)
+        return TrainingStream(self) if self._batch_stream is None else self._batch_stream(self)
 
     def check_checkpoint_interval(self) -> None:
         """ConfigError for a ModelCheckpoint ``every_n_train_steps`` that the update count would skip past.
@@ -250,19 +250,21 @@ class RLDataModule(LightningDataModule):
         returns, self._episodes.finished_returns = self._episodes.finished_returns, []
         return returns
 
-    # --- concurrent mode ----------------------------------------------------------------------
+    # --- the seam for collecting elsewhere ---------------------------------------------------
 
-    def share_real_data(self) -> SharedRealData:
-        """Move the real buffer and the env-step count into shared memory for role processes (once)."""
-        if self.shared is None:
-            example = select_transitions(self.env.fake_tensordict())
-            self.real_buffer = make_shared_replay_buffer(self.buffer_size, example, contents=self.real_buffer)
-            self.shared = SharedRealData(self.real_buffer, CONTEXT.Value("q", self.env_steps))
-        return self.shared
+    def collect_elsewhere(self, real_buffer: ReplayBuffer, batch_stream: BatchStream) -> None:
+        """Leave the real environment to someone else, such as concurrent mode's collector process.
 
-    def collect_remotely(self, collection: RemoteCollection) -> None:
-        """Leave the real environment to a collector process: batches then wait for its steps (``PacedStream``)."""
-        self.remote_collection = collection
+        From now on the real transitions are in ``real_buffer``, which that collector fills (it
+        should already hold what the current buffer holds; checkpoints save and restore it as
+        usual), and ``batch_stream(self)`` serves each epoch's batches instead of ``TrainingStream``.
+        The stream yields a ``updates_per_step x batch_size`` batch per real transition, as
+        ``TrainingStream`` does, and keeps ``env_steps`` at the env steps its batches have seen.
+        Call it before a checkpoint is restored (in a callback's ``setup``), so that the restored
+        transitions land in the new buffer.
+        """
+        self.real_buffer = real_buffer
+        self._batch_stream = batch_stream
 
     # --- agent batches ------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from cli_runner import ROOT, TINY, TINY_MBPO, only_run, store_args
+from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli, store_args
 
 ASYNC = ["fit", "--config", "configs/mbpo_async.yaml", *TINY, *TINY_MBPO, "--collection.log_every_s", "1"]
 ROLE_METRICS = {
@@ -116,3 +117,36 @@ def test_a_failed_role_stops_the_run_with_its_error_and_a_checkpoint(store: Path
     run = only_run(store)
     assert run.info.status == "FAILED"
     assert last_checkpoint(store, run).is_file()
+
+
+def recorded_schedule(config: str, store: Path, *args: str) -> list[list[int]]:
+    """Per agent batch of a tiny run: env steps seen, updates made, env steps of the model's data, next rollout."""
+    store.mkdir()
+    result = run_cli(
+        "fit", "--config", config, *TINY, *TINY_MBPO, "--data.updates_per_step", "2",
+        "--trainer.callbacks+=schedule_probe.RecordSchedule", *args,
+        store=store, extra_env={"NMBRL_PROBE_DIR": str(store), "PYTHONPATH": str(Path(__file__).parent)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((store / "schedule.json").read_text())
+
+
+def test_lockstep_keeps_sync_modes_schedule_exactly(tmp_path: Path) -> None:
+    # Every batch follows the same env step, after the same updates, with a model trained on the same
+    # data and the same rollouts, as in sync mode; the collector acts with the policy sync mode would.
+    sync = recorded_schedule("configs/mbpo.yaml", tmp_path / "sync")
+    lockstep_store = tmp_path / "lockstep"
+    lockstep = recorded_schedule("configs/mbpo_async.yaml", lockstep_store, "--collection.lockstep", "true", "--collection.log_every_s", "0.05")
+    assert len(sync) == 200 and lockstep == sync
+    assert [row[2] for row in sync][::100] == [201, 300]  # retrained at exploration's end, then every 100 steps
+    run = only_run(lockstep_store)
+    assert set(metric_values(lockstep_store, run, "collector/policy_age_updates")) == {0.0}
+    assert set(metric_values(lockstep_store, run, "rollout/world_model_age_steps")) == {0.0}
+
+
+def test_the_overlapping_default_does_run_ahead(tmp_path: Path) -> None:
+    # The control for the test above: without lockstep the collector does lead, so the probe can tell.
+    overlapping = recorded_schedule("configs/mbpo_async.yaml", tmp_path / "overlap", "--collection.log_every_s", "0.05")
+    run = only_run(tmp_path / "overlap")
+    assert max(metric_values(tmp_path / "overlap", run, "collector/policy_age_updates")) > 0
+    assert len(overlapping) == 200

@@ -1,0 +1,27 @@
+"""Injected into a CLI run (``--trainer.callbacks+=schedule_probe.RecordSchedule``): what each agent batch saw."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lightning.pytorch import Callback
+
+from callbacks.model_training import model_training_of
+
+
+class RecordSchedule(Callback):
+    """Writes, per training batch, the env steps it followed, the updates made after it, and the env
+    steps of the world model's data and of the next rollout, to ``$NMBRL_PROBE_DIR/schedule.json``."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        rollouts = next(c for c in trainer.callbacks if type(c).__name__ == "BranchedRollouts")
+        training = model_training_of(trainer)
+        self.rows.append([trainer.datamodule.env_steps, trainer.global_step, training.trained_on, rollouts.next_rollout_at])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        with open(os.path.join(os.environ["NMBRL_PROBE_DIR"], "schedule.json"), "w") as file:
+            json.dump(self.rows, file)
