@@ -1,7 +1,8 @@
-"""The ensemble world model as a LightningModule: its loss, its holdout validation and its elites."""
+"""The ensemble world model as a LightningModule: its loss, holdout validation and elites, and its loading from a checkpoint."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from tensordict import TensorDictBase
 from torch import Tensor
 from torch.nn import functional as F
 
-from nmbrl.envs import EnvSpecs
+from nmbrl.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from nmbrl.envs import EnvSpecs, env_specs, make_env
+from nmbrl.envs import termination  # its termination_rule would be shadowed by build's argument
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.world_model.ensemble import GaussianEnsemble
 from nmbrl.world_model.normalizer import Normalizer
@@ -96,10 +99,47 @@ class EnsembleWorldModel(LightningModule):
         (default: CPU); ``kwargs`` override stored hyperparameters. ConfigError if the file is not an
         NMBRL checkpoint or its run had no world model.
         """
-        from nmbrl.checkpoints import read_checkpoint
-        from nmbrl.world_model.loading import world_model_from_checkpoint  # it imports this module
+        return cls.from_checkpoint(read_checkpoint(checkpoint_path), map_location or "cpu", **kwargs)
 
-        return world_model_from_checkpoint(read_checkpoint(checkpoint_path), map_location or "cpu", **kwargs)
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], device: torch.device | str = "cpu", **overrides: Any
+    ) -> EnsembleWorldModel:
+        """The trained ensemble of a loaded ``checkpoint``, on ``device`` and in eval mode.
+
+        Weights, normaliser statistics and elites are restored; the optimizer starts afresh.
+        ``overrides`` replace stored hyperparameters, as in Lightning's ``load_from_checkpoint``
+        (training settings such as ``max_epochs`` or ``optimizer``; the architecture must match the weights).
+        ConfigError if the checkpoint is not NMBRL's or its run had no world model.
+        """
+        record, state = world_model_state(checkpoint)
+        env = make_env(record["env"], seed=0)
+        try:
+            rule = termination.termination_rule(record["env"])
+            return cls.from_training_state(state, env_specs(env), rule, device, **overrides)
+        finally:
+            env.close()
+
+    @classmethod
+    def from_training_state(
+        cls,
+        state: dict[str, Any],
+        specs: EnvSpecs,
+        termination_rule: TerminationRule | None,
+        device: torch.device | str = "cpu",
+        **overrides: Any,
+    ) -> EnsembleWorldModel:
+        """Build the ensemble of a ``WorldModelTraining`` state for an environment and load its weights, in eval mode.
+
+        The architecture comes from the stored hparams, or from the weights' shapes for checkpoints
+        written before hparams were stored (see ``inferred_hparams``); ``overrides`` replace them.
+        """
+        weights = state["world_model"]
+        hparams = state["hparams"] if "hparams" in state else inferred_hparams(weights)
+        world_model = cls(**{**hparams, **overrides})
+        world_model.build(specs, termination_rule)
+        world_model.load_state_dict(weights)
+        return world_model.move_to(device).eval()
 
     def build(self, specs: EnvSpecs, termination_rule: TerminationRule | None) -> None:
         """Create the networks for an environment; ``termination_rule=None`` means learn one."""
@@ -299,3 +339,45 @@ class EnsembleWorldModel(LightningModule):
         else:
             terminated = in_row_order(logit) > 0
         return next_observation, reward, terminated, uncertainty
+
+
+def world_model_state(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``"nmbrl"`` record and the world-model callback's state; ConfigError if either is missing."""
+    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if record is None:
+        raise ConfigError(
+            f"this is not an NMBRL checkpoint (it has no {CHECKPOINT_KEY!r} record): "
+            "pass a checkpoint written by `cli.py fit`, e.g. runs/<experiment id>/<run id>/checkpoints/last.ckpt."
+        )
+    # The callback's state_key is its class name: WorldModelTraining, or WorldModelTrainingProcess in concurrent mode.
+    states = checkpoint.get("callbacks", {}).values()
+    state = next((s for s in states if isinstance(s, dict) and "world_model" in s), None)
+    if state is None:
+        raise ConfigError(
+            f"the checkpoint of run {record.get('run_id')} on {record['env']!r} has no world model: that run was "
+            "trained without one (SAC only, no model_training group in its config). Load a checkpoint of an MBPO "
+            "run (configs/mbpo.yaml)."
+        )
+    return record, state
+
+
+def inferred_hparams(weights: dict[str, Tensor]) -> dict[str, Any]:
+    """The architecture of an ensemble read from its weights, for checkpoints that did not store hparams.
+
+    Only the shapes are known: the training settings (batch size, holdout, patience, max_epochs,
+    logvar_bound_penalty, weight decays) then take EnsembleWorldModel's defaults, the weight decays
+    cut or padded with the last default to one per layer.
+    """
+    num_hidden_layers = sum(1 for name in weights if name.startswith("network.hidden.") and name.endswith(".weight"))
+    ensemble_size, _, hidden_size = weights["network.hidden.0.weight"].shape
+    out_dim = weights["network.max_logvar"].shape[-1]
+    default_decays = inspect.signature(EnsembleWorldModel).parameters["weight_decays"].default
+    decays = (default_decays + [default_decays[-1]] * num_hidden_layers)[: num_hidden_layers + 1]
+    return {
+        "ensemble_size": ensemble_size,
+        "num_elites": len(weights["elites"]),
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_hidden_layers,
+        "weight_decays": decays,
+        "learn_termination": weights["network.head.weight"].shape[-1] == 2 * out_dim + 1,
+    }
