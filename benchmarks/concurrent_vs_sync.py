@@ -1,19 +1,27 @@
-"""Concurrent against synchronous MBPO: wall-clock time and env steps to reach an eval return.
+"""Concurrent against synchronous MBPO: learning, staleness and wall-clock of each setting, over seeds.
 
-Runs ``python cli.py fit`` with ``configs/mbpo.yaml`` (sync) and ``configs/mbpo_async.yaml``
-(concurrent) for each seed, one run at a time so that the modes get the same machine, reads the
-evaluations back from MLflow and prints, side by side, when each run first reached the target
-return: seconds since the run started (from the metric's timestamp) and env steps.
+Runs ``python cli.py fit`` for each seed and each variant, one run at a time so that they get the
+same machine: ``sync`` (``configs/mbpo.yaml``), ``concurrent`` (``configs/mbpo_async.yaml`` as
+shipped) and the ablations of concurrent mode (``VARIANTS``): ``lockstep`` (sync's order exactly),
+``exact-pacing`` (the collector never ahead, policy and model free to lag), ``lead-10`` and
+``lead-100`` (the collector up to that many env steps ahead). It reads the runs back from MLflow and
+prints, side by side: the return at the end and the area under the eval curve (the mean return over
+the run, by the trapezoid rule), each also as a ratio to sync's mean; when each run first reached
+the target return (seconds since it started, from the metric's timestamp, and env steps); the
+staleness the roles logged (the collector's policy age in agent updates, the rollouts' model age in
+env steps); and the wall-clock per run.
 
 Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given: on an idle
 2-core machine that is 2 threads in both modes; concurrent mode's agent lends one to the
 world-model process while it retrains, and its collector runs at the lowest priority
 (``nmbrl.concurrent.cores``).
 
-Example (the issue's figures; about 3 x (21 + 21) minutes on the 2-core machine of RESULTS.md):
+Example (about 22 minutes per run on the 2-core machine of RESULTS.md):
 
-    python benchmarks/concurrent_vs_sync.py --budget 20000 --seeds 0 1 2 --target 750 \\
-        --out benchmarks/results/concurrent_vs_sync
+    python benchmarks/concurrent_vs_sync.py --budget 20000 --seeds 0 1 2 3 4 --target 750 \\
+        --modes sync lockstep --out benchmarks/results/concurrent_vs_sync
+
+More seeds or variants can be added to the same ``--out`` later; ``--report-only`` prints the table.
 
 A smoke test on a tiny budget:
 
@@ -32,16 +40,29 @@ from typing import NamedTuple
 
 from learning_curves import create_store, run_command, run_one
 
-MODES = {"sync": "configs/mbpo.yaml", "concurrent": "configs/mbpo_async.yaml"}
+ASYNC = "configs/mbpo_async.yaml"
+# Each variant: its config and the overrides that make it (the concurrent ones on top of --concurrent-args).
+VARIANTS = {
+    "sync": ("configs/mbpo.yaml", []),
+    "concurrent": (ASYNC, []),
+    "lockstep": (ASYNC, ["--collection.lockstep", "true"]),
+    "exact-pacing": (ASYNC, ["--collection.max_lead", "0"]),
+    "lead-10": (ASYNC, ["--collection.max_lead", "10"]),
+    "lead-100": (ASYNC, ["--collection.max_lead", "100"]),
+}
+STALENESS = {"policy_age": "collector/policy_age_updates", "model_age": "rollout/world_model_age_steps"}
 
 
 class Result(NamedTuple):
-    """One run: when it first reached the target (None if never) and how it ended."""
+    """One run: when it first reached the target (None if never), how it ended, and its mean staleness."""
 
     seconds_to_target: float | None
     steps_to_target: int | None
     final_return: float
     seconds: float
+    area: float = float("nan")
+    policy_age: float = float("nan")
+    model_age: float = float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,10 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=20_000, help="env steps per run, exploration included")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=750.0, help="eval return to reach")
-    parser.add_argument("--common-args", default="", help="extra CLI overrides for both modes")
+    parser.add_argument("--common-args", default="", help="extra CLI overrides for every run")
     parser.add_argument("--sync-args", default="", help="extra CLI overrides for the sync runs")
-    parser.add_argument("--concurrent-args", default="", help="extra CLI overrides for the concurrent runs")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="the modes to run")
+    parser.add_argument("--concurrent-args", default="", help="extra CLI overrides for every concurrent variant")
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(VARIANTS), default=["sync", "concurrent"], help="the variants to run (see VARIANTS)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -73,6 +96,15 @@ def first_reaching(history: list[tuple[int, int, float]], target: float, start_m
     return None, None
 
 
+def mean_return(curve: list[tuple[int, float]]) -> float:
+    """The area under an eval curve ``[(env steps, return), ...]`` over its span: its mean return, by the trapezoid rule."""
+    curve = sorted(curve)
+    if len(curve) == 1:
+        return curve[0][1]
+    area = sum((s1 - s0) * (r0 + r1) / 2 for (s0, r0), (s1, r1) in zip(curve, curve[1:]))
+    return area / (curve[-1][0] - curve[0][0])
+
+
 def results(out: Path, target: float) -> dict[str, dict[int, Result]]:
     """``{mode: {seed: Result}}`` from the benchmark's MLflow store."""
     import mlflow
@@ -80,7 +112,8 @@ def results(out: Path, target: float) -> dict[str, dict[int, Result]]:
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("benchmark")
     found: dict[str, dict[int, Result]] = {}
-    for run in client.search_runs([experiment.experiment_id]):
+    # Oldest first, so that a variant and seed run again in the same --out is read from its newest run.
+    for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
         mode, seed = run.info.run_name.rsplit("-seed", 1)
         history = [(m.timestamp, m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/return_mean")]
         if not history:
@@ -88,8 +121,14 @@ def results(out: Path, target: float) -> dict[str, dict[int, Result]]:
         seconds, steps = first_reaching(history, target, run.info.start_time)
         final = max(history, key=lambda entry: entry[1])[2]
         total = ((run.info.end_time or max(h[0] for h in history)) - run.info.start_time) / 1000
-        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total)
+        area = mean_return([(step, value) for _, step, value in history])
+        staleness = {name: mean_of(client.get_metric_history(run.info.run_id, key)) for name, key in STALENESS.items()}
+        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **staleness)
     return found
+
+
+def mean_of(history) -> float:
+    return sum(m.value for m in history) / len(history) if history else float("nan")
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -100,19 +139,44 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{np.mean(values) / scale:.{digits}f} ± {np.std(values) / scale:.{digits}f}"
 
 
+def ratio_to_sync(found: dict[str, dict[int, Result]], mode: str, field: str) -> str:
+    """The variant's mean of ``field`` over sync's, over the seeds both ran."""
+    sync = found.get("sync", {})
+    seeds = [seed for seed in found[mode] if seed in sync]
+    if not seeds:
+        return "–"
+    ours = sum(getattr(found[mode][seed], field) for seed in seeds)
+    theirs = sum(getattr(sync[seed], field) for seed in seeds)
+    return f"{ours / theirs:.3f} (n={len(seeds)})"
+
+
 def table(found: dict[str, dict[int, Result]], target: float) -> str:
-    """Modes side by side; times and steps to the target are over the seeds that reached it."""
-    modes = [mode for mode in MODES if mode in found]
+    """Variants side by side; times and steps to the target are over the seeds that reached it."""
+    modes = [mode for mode in VARIANTS if mode in found]
+
+    def logged(values: list[float]) -> list[float]:
+        return [v for v in values if v == v]  # NaN: not logged (sync mode has no collector)
+
     rows = {
-        f"seeds reaching {target:g}": lambda runs: f"{sum(r.steps_to_target is not None for r in runs)} / {len(runs)}",
-        f"wall-clock to {target:g} (min)": lambda runs: mean_std([r.seconds_to_target for r in runs if r.seconds_to_target is not None], 60),
-        f"env steps to {target:g}": lambda runs: mean_std([r.steps_to_target for r in runs if r.steps_to_target is not None], digits=0),
-        "final eval return": lambda runs: mean_std([r.final_return for r in runs]),
-        "wall-clock per run (min)": lambda runs: mean_std([r.seconds for r in runs], 60),
+        "seeds": lambda mode, runs: " ".join(str(seed) for seed in sorted(found[mode])),
+        "final eval return": lambda mode, runs: mean_std([r.final_return for r in runs]),
+        "final return / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "final_return"),
+        "area under the eval curve (mean return)": lambda mode, runs: mean_std([r.area for r in runs]),
+        "area / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "area"),
+        "collector's policy age (agent updates)": lambda mode, runs: mean_std(logged([r.policy_age for r in runs]), digits=2),
+        "rollouts' model age (env steps)": lambda mode, runs: mean_std(logged([r.model_age for r in runs])),
+        f"seeds reaching {target:g}": lambda mode, runs: f"{sum(r.steps_to_target is not None for r in runs)} / {len(runs)}",
+        f"wall-clock to {target:g} (min)": lambda mode, runs: mean_std(
+            [r.seconds_to_target for r in runs if r.seconds_to_target is not None], 60
+        ),
+        f"env steps to {target:g}": lambda mode, runs: mean_std(
+            [r.steps_to_target for r in runs if r.steps_to_target is not None], digits=0
+        ),
+        "wall-clock per run (min)": lambda mode, runs: mean_std([r.seconds for r in runs], 60),
     }
     lines = ["| | " + " | ".join(modes) + " |", "|" + " --- |" * (len(modes) + 1)]
     for name, cell in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cell(list(found[mode].values())) for mode in modes) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(mode, list(found[mode].values())) for mode in modes) + " |")
     return "\n".join(lines)
 
 
@@ -124,8 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         create_store(args.out)
         for seed in args.seeds:
             for mode in args.modes:
-                config = MODES[mode]
-                extra = shlex.split(args.common_args) + shlex.split(getattr(args, f"{mode}_args"))
+                config, variant_args = VARIANTS[mode]
+                own = args.sync_args if mode == "sync" else args.concurrent_args
+                extra = shlex.split(args.common_args) + shlex.split(own) + variant_args
                 name = f"{mode}-seed{seed}"
                 command = run_command(config, extra, args.env, args.budget, seed, name, args.out)
                 run_one(command, args.out / "logs" / f"{name}.log", args.threads)

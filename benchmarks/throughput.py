@@ -33,6 +33,8 @@ its own, and much steadier than wall-clock time under load.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -83,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--retrain-epochs", type=float, default=None,
         help="world-model epochs per retraining in the projection (default: the config's cap, an upper bound)",
     )  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures and the projection here (for concurrency_projection.py)")
     parser.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[], help="extra config overrides, last")
     return parser.parse_args(argv)
 
@@ -437,7 +440,31 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as root:
         # The loop is timed after 4 env steps' updates of warm-up.
         run = build_run(args.config, 2 * args.updates + 100, args.threads, args.cli_args, root)
-        print_report(run, measure(run, args), args)
+        figures = measure(run, args)
+        print_report(run, figures, args)
+        if args.json is not None:
+            write_json(args.json, run, figures, args)
+
+
+def write_json(path: Path, run: Run, f: Figures, args: argparse.Namespace) -> None:
+    """The figures, the projected phases (seconds) and what they were measured on, for ``concurrency_projection.py``."""
+    data = run.data
+    retrain_epochs = args.retrain_epochs or run.wm_epoch_cap
+    record = {
+        "config": args.config,
+        "cli_args": args.cli_args,
+        "threads": args.threads,
+        "clock": args.clock,
+        "load_average": os.getloadavg()[0],
+        "figures": dataclasses.asdict(f),
+        "retrain_epochs": retrain_epochs,
+        "phases_s": project(run, f, retrain_epochs),
+        # Of the SAC loop's time, what collecting the policy's env steps takes (a collector process's share).
+        "collection_s": run.max_epochs * data.epoch_length / f.collect_policy,
+        "retrainings": len(retraining_points(run)),
+        "env_steps": run.random_steps + run.max_epochs * data.epoch_length,
+    }
+    path.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

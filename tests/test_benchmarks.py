@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from concurrent_vs_sync import first_reaching  # noqa: E402
+from concurrent_vs_sync import Result, first_reaching, mean_return  # noqa: E402
+from concurrent_vs_sync import table as ablation_table  # noqa: E402
 from learning_curves import create_store, curves, run_one, table  # noqa: E402
 
 
@@ -64,3 +65,36 @@ def test_curves_read_each_run_s_evaluations_and_the_actor_s_beside_an_averaged_p
         "mbpo-actor": {3: [(1000, 12.0), (2000, 25.0)]},
         "sac": {0: [(1000, 4.0), (2000, 5.0)]},
     }
+
+
+def test_the_area_under_an_eval_curve_is_its_mean_return_by_the_trapezoid_rule():
+    assert mean_return([(4000, 100.0), (1000, 0.0), (2000, 100.0)]) == (50.0 * 1000 + 100.0 * 2000) / 3000
+    assert mean_return([(1000, 42.0)]) == 42.0
+
+
+def test_the_ablation_table_compares_each_variant_with_sync_on_the_seeds_both_ran():
+    nan = float("nan")
+    found = {
+        "sync": {0: Result(None, None, 800.0, 60.0, 700.0, nan, 0.0), 1: Result(30.0, 5000, 600.0, 60.0, 500.0, nan, 0.0)},
+        "lockstep": {0: Result(None, None, 780.0, 66.0, 665.0, 0.0, 0.0)},
+    }
+    rows = ablation_table(found, 750.0).splitlines()
+    assert rows[0] == "| | sync | lockstep |"
+    assert "| final return / sync's (same seeds) | 1.000 (n=2) | 0.975 (n=1) |" in rows  # 780 / 800, seed 0 only
+    assert "| area / sync's (same seeds) | 1.000 (n=2) | 0.950 (n=1) |" in rows
+    assert "| collector's policy age (agent updates) | – | 0.00 ± 0.00 |" in rows  # sync has no collector
+
+
+def test_the_projection_overlaps_retraining_and_collection_only_where_the_cores_allow():
+    from concurrency_projection import Costs, estimate
+
+    costs = Costs(explore=10, collection=60, loop=(1200, 800), retrain=(900, 600), rollouts=(60, 40), evaluation=(30, 20))
+    roomy = estimate(costs, 8)
+    assert roomy.sync == 10 + 800 + 600 + 40 + 20  # one process, 2 threads: the phases add up
+    assert roomy.concurrent == 800 - 60 + 40 + 20  # the agent's own work; collector and world model beside it
+    assert roomy.lockstep == 10 + 800 + 900 + 40 + 20  # sync's order, the 1-thread world model waited for
+    # On 2 cores the agent keeps 1 thread while each retraining runs: 900 s at half its 2-thread pace.
+    two = estimate(costs, 2)
+    agent_1, agent_2 = 1200 - 60 + 60 + 30, 800 - 60 + 40 + 20
+    assert abs(two.concurrent - (agent_2 + 900 * (1 - agent_2 / agent_1))) < 1e-9
+    assert estimate(costs, 2).sync == estimate(costs, 16).sync  # more cores do not help sync mode

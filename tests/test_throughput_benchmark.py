@@ -51,3 +51,30 @@ def test_the_timed_lightning_loop_runs_updates_after_the_buffers_were_filled(tmp
     rate = throughput.lightning_loop_rate(run, warmup=5)
     assert rate > 0
     assert run.cli.trainer.global_step == 30
+
+
+def test_the_json_record_feeds_the_concurrency_projection(tmp_path):
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from concurrency_projection import Costs, estimate
+
+    run = throughput.build_run(str(ROOT / "configs" / "mbpo.yaml"), updates=10, threads=1, extra=[], root=str(tmp_path))
+    records = []
+    for threads, speed in ((1, 1.0), (2, 1.5)):  # made-up figures: 2 threads 1.5x as fast at everything
+        figures = throughput.Figures(
+            matmul=1000.0, library_sac=10.0, bare_sac=20.0, compiled_sac=None, peer_sac=None, sampling=500.0, loop=50.0 * speed,
+            collect_random=2000.0, collect_policy=500.0, wm_epoch={1000: 0.1 / speed, 20000: 1.0 / speed},
+            rollout={1: 0.5 / speed, 10: 2.0 / speed}, evaluation=3.0 / speed,
+        )  # fmt: skip
+        args = SimpleNamespace(config="configs/mbpo.yaml", cli_args=[], threads=threads, clock="wall", retrain_epochs=None)
+        throughput.write_json(tmp_path / f"t{threads}.json", run, figures, args)
+        records.append(json.loads((tmp_path / f"t{threads}.json").read_text()))
+
+    one = records[0]
+    assert one["env_steps"] == 20_000 and one["retrainings"] == 77
+    assert one["phases_s"]["SAC loop (with collection)"] == 19_000 * 5 / 50.0  # 19 epochs of 1000 steps, 5 updates each
+    assert one["collection_s"] == 19_000 / 500.0
+    costs = Costs.of(*records)
+    assert costs.loop == (19_000 * 5 / 50.0, 19_000 * 5 / 75.0)
+    assert estimate(costs, 16).concurrent < estimate(costs, 16).sync
