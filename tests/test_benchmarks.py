@@ -98,3 +98,26 @@ def test_the_projection_overlaps_retraining_and_collection_only_where_the_cores_
     agent_1, agent_2 = 1200 - 60 + 60 + 30, 800 - 60 + 40 + 20
     assert abs(two.concurrent - (agent_2 + 900 * (1 - agent_2 / agent_1))) < 1e-9
     assert estimate(costs, 2).sync == estimate(costs, 16).sync  # more cores do not help sync mode
+
+
+def test_the_mujoco_evidence_table_puts_each_run_the_sac_mean_and_the_paper_side_by_side():
+    from mujoco_evidence import Curve, returns_table
+
+    mbpo = [Curve("mbpo seed 0", "a", {1000: (50.0, 0), 2000: (300.0, 0)})]
+    sac = [Curve("sac seed 0", "b", {1000: (40.0, 0), 2000: (100.0, 0)}), Curve("sac seed 1", "c", {2000: (200.0, 0)})]
+    rows = returns_table(mbpo, sac, {2000: 524.0}, every=1000).splitlines()
+    assert rows[0] == "| env steps | mbpo seed 0 | sac seed 0 | sac seed 1 | SAC mean | paper MBPO |"
+    assert rows[2:] == ["| 1000 | 50.0 | 40.0 |  | 40.0 |  |", "| 2000 | 300.0 | 100.0 | 200.0 | 150.0 | 524 |"]
+
+
+def test_each_sitting_of_a_resumed_run_gives_where_it_started_and_its_peak_memory(tmp_path):
+    import os
+
+    from mujoco_evidence import sittings
+
+    first, second = tmp_path / "mbpo_s0.log", tmp_path / "mbpo_s0_resume1.log"
+    first.write_text("epoch 0: env steps 6000, eval return 1.0\n\tMaximum resident set size (kbytes): 2097152\n")
+    second.write_text("epoch 9: env steps 15000, eval return 2.0\n")  # still running: no time -v summary yet
+    os.utime(first, (1, 1))  # older
+    found = sittings(str(tmp_path / "mbpo_s0*.log"))
+    assert [(s.log.name, s.first_env_steps, s.peak_rss_gb) for s in found] == [("mbpo_s0.log", 6000, 2.0), ("mbpo_s0_resume1.log", 15000, None)]
