@@ -361,6 +361,8 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
     lo, hi = sorted(f.wm_epoch)
     h_lo, h_hi = sorted(f.rollout)
     cap = run.wm_epoch_cap
+    retrain_epochs = args.retrain_epochs or cap
+    cap_words = "uncapped: early stopping decides" if cap is None else f"the cap is {cap}"
     rows = [
         ("256x256 matrix products (the ceiling: 16 per update)", f"{f.matmul:.0f}/s, ceiling {f.matmul / 16:.0f} updates/s"),
         ("SAC update, TorchRL SACLoss + SoftUpdate (fixed batch)", f"{f.library_sac:.1f} updates/s"),
@@ -373,7 +375,7 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
         ("collection, agent policy", f"{f.collect_policy:.0f} env steps/s"),
         (f"world-model epoch, {lo} real transitions", f"{f.wm_epoch[lo]:.2f} s"),
         (f"world-model epoch, {hi} real transitions", f"{f.wm_epoch[hi]:.2f} s"),
-        (f"world-model retraining at the cap ({cap} epochs), {hi} real", f"{cap * f.wm_epoch[hi]:.1f} s"),
+        (f"world-model retraining at {retrain_epochs:g} epochs ({cap_words}), {hi} real", f"{retrain_epochs * f.wm_epoch[hi]:.1f} s"),
         (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_lo}", f"{f.rollout[h_lo]:.2f} s"),
         (f"branched rollout, {run.rollouts.batch_size} states, horizon {h_hi}", f"{f.rollout[h_hi]:.2f} s"),
         (f"evaluation ({run.evaluation.episodes} episodes of {run.evaluation.max_episode_steps} steps)", f"{f.evaluation:.1f} s"),
@@ -382,9 +384,8 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
     print("| phase | cost |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    retrain_epochs = args.retrain_epochs or cap
     projection = project(run, f, retrain_epochs)
-    print(f"\nProjected full run ({retrain_epochs:g} world-model epochs per retraining; the cap is {cap})\n")
+    print(f"\nProjected full run ({retrain_epochs:g} world-model epochs per retraining; {cap_words})\n")
     print("| phase | minutes |\n| --- | --- |")
     for name, seconds in projection.items():
         print(f"| {name} | {seconds / 60:.1f} |")
@@ -440,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as root:
         # The loop is timed after 4 env steps' updates of warm-up.
         run = build_run(args.config, 2 * args.updates + 100, args.threads, args.cli_args, root)
+        if args.retrain_epochs is None and run.wm_epoch_cap is None:
+            raise SystemExit(
+                f"error: {args.config} sets no world-model epoch cap (early stopping decides), so the projection needs "
+                "--retrain-epochs N: the mean `model/epochs` of a run of it, for instance."
+            )
         figures = measure(run, args)
         print_report(run, figures, args)
         if args.json is not None:
