@@ -111,12 +111,13 @@ def time_table(client, curve: Curve, every: int, resumed_at: list[int]) -> str:
         wall_cell = f"{wall:.1f} (resumed here)" if resumed else f"{wall:.1f}"
         rest = "" if resumed else f"{wall - sum(phases):.1f}"
         last = lambda values: f"{values[-1]:.4g}" if values else ""  # noqa: E731
+        whole = lambda values: f"{values[-1]:.0f}" if values else ""  # noqa: E731
         mean = lambda values: f"{sum(values) / len(values):.0f}" if values else ""  # noqa: E731
         h = in_window(holdout, start, end)
         lines.append(
             f"| {start}-{end} | {wall_cell} | " + " | ".join(f"{p:.1f}" for p in phases)
             + f" | {rest} | {last(h)} | {mean(in_window(epochs, start, end))} | {last(in_window(horizon, start, end))}"
-            + f" | {last(in_window(model_buffer, start, end))} |"
+            + f" | {whole(in_window(model_buffer, start, end))} |"
         )  # fmt: skip
     return "\n".join(lines)
 
