@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from tensordict import TensorDictBase
 
+from callbacks.lookup import callback_of
 from callbacks.model_training import WorldModelTraining
 from nmbrl.concurrent.collector_role import CollectorRole
 from nmbrl.concurrent.cores import ThreadLending, available_cores, threads_beside
@@ -316,12 +317,11 @@ def published_policy(pl_module: LightningModule) -> TensorDictBase:
 
 def collector_process_of(trainer: Trainer) -> CollectorProcess:
     """The run's ``CollectorProcess``, which holds the shared real data."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, CollectorProcess):
-            return callback
-    raise ConfigError(
+    return callback_of(
+        trainer,
+        CollectorProcess,
         "WorldModelTrainingProcess trains on the real buffer that CollectorProcess shares: add "
-        "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml)."
+        "`collection: {class_path: callbacks.CollectorProcess}` to the config (see configs/mbpo_async.yaml).",
     )
 
 

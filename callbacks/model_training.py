@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import Strategy
 from tensordict import TensorDictBase
 
+from callbacks.lookup import callback_of
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
 from nmbrl.interrupt import stop_requested
@@ -113,10 +114,9 @@ def world_model_of(trainer: Trainer) -> EnsembleWorldModel:
 
 def model_training_of(trainer: Trainer) -> WorldModelTraining:
     """The run's ``WorldModelTraining`` callback."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, WorldModelTraining):
-            return callback
-    raise ConfigError(
+    return callback_of(
+        trainer,
+        WorldModelTraining,
         "BranchedRollouts needs a world model: add a callbacks.WorldModelTraining entry before it in trainer.callbacks "
-        "(see configs/mbpo.yaml)."
+        "(see configs/mbpo.yaml).",
     )
