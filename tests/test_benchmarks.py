@@ -121,3 +121,79 @@ def test_each_sitting_of_a_resumed_run_gives_where_it_started_and_its_peak_memor
     os.utime(first, (1, 1))  # older
     found = sittings(str(tmp_path / "mbpo_s0*.log"))
     assert [(s.log.name, s.first_env_steps, s.peak_rss_gb) for s in found] == [("mbpo_s0.log", 6000, 2.0), ("mbpo_s0_resume1.log", 15000, None)]
+
+
+def diagnostics_run(metrics=None, terminated=None, **data):
+    """A ``mbpo_diagnostics.Run`` of a made-up Hopper run: 20 real transitions and the given metrics."""
+    import torch
+    from mbpo_diagnostics import Run
+
+    from nmbrl.data.buffers import FILLED_ROWS
+
+    observation = torch.zeros(20, 11)
+    observation[:, 0] = 1.25  # standing: healthy
+    next_observation = observation.clone()
+    next_observation[-1, 0] = 0.5  # the last one falls
+    rows = {
+        "observation": observation,
+        "action": torch.rand(20, 3) * 2 - 1,
+        "next": {
+            "observation": next_observation,
+            "reward": torch.ones(20, 1),
+            "done": torch.zeros(20, 1, dtype=torch.bool),
+            "terminated": terminated if terminated is not None else (next_observation[:, :1] < 0.7),
+        },
+    }
+    checkpoint = {
+        "nmbrl": {"env": "Hopper-v5", "run_id": "x", "tracking_uri": "sqlite://"},
+        "RLDataModule": {"real_buffer": {"_storage": {FILLED_ROWS: rows, "_len": 20}}},
+        "hyper_parameters": {"target_entropy": -1.0},
+    }
+    config = {
+        "data": {"random_steps": 5000, "epoch_length": 1000, "real_ratio": 0.05, "batch_size": 256, **data},
+        "rollouts": {"class_path": "callbacks.BranchedRollouts", "init_args": {"schedule": [20, 150, 1, 15], "batch_size": 100_000, "every": 250}},
+    }
+    return Run(checkpoint, config, metrics or {})
+
+
+def test_the_diagnostics_find_a_termination_flag_the_rule_would_not_give():
+    import torch
+    from mbpo_diagnostics import check_termination_on_real_data
+
+    assert check_termination_on_real_data(diagnostics_run()).ok is True
+    flags = torch.zeros(20, 1, dtype=torch.bool)  # the fall at the end is not flagged
+    finding = check_termination_on_real_data(diagnostics_run(terminated=flags))
+    assert finding.ok is False and finding.measured.startswith("1 of 20")
+
+
+def test_the_paper_s_horizon_counts_epochs_from_the_end_of_the_random_steps():
+    from mbpo_diagnostics import check_rollout_schedule, paper_horizon
+
+    assert [paper_horizon(s, 5000, 1000, [20, 150, 1, 15]) for s in (5000, 34_999, 35_000, 155_000)] == [1, 1, 2, 15]
+    right = {"rollout/horizon": [(30_000, 1.0), (35_000, 1.0), (35_250, 2.0)]}  # 35,000: the epoch before is accepted
+    assert check_rollout_schedule(diagnostics_run(right)).ok is True
+    late = {"rollout/horizon": [(30_000, 1.0), (36_250, 1.0)]}  # the paper's horizon at 36,250 is 2
+    assert check_rollout_schedule(diagnostics_run(late)).ok is False
+    from_zero = {"rollout/horizon": [(25_250, 2.0)]}  # epochs counted from env step 0
+    assert check_rollout_schedule(diagnostics_run(from_zero)).ok is False
+
+
+def test_the_diagnostics_measure_the_real_share_of_the_batches_the_data_module_draws():
+    from mbpo_diagnostics import check_real_ratio
+
+    assert check_real_ratio(diagnostics_run()).ok is True
+    assert "share 0.0" in check_real_ratio(diagnostics_run()).measured
+    # Told the run used 0.5 while the batches are drawn at 0.5: still per-sample, still right.
+    assert check_real_ratio(diagnostics_run(real_ratio=0.5)).ok is True
+
+
+def test_a_model_buffer_that_shrank_or_outgrew_mbpo_s_size_fails_its_check():
+    from mbpo_diagnostics import check_model_buffer
+
+    horizons = [(5000, 1.0), (5250, 1.0), (5500, 1.0)]
+    kept = {"rollout/horizon": horizons, "rollout/model_buffer_size": [(5000, 100_000.0), (5250, 200_000.0), (5500, 300_000.0)]}
+    assert check_model_buffer(diagnostics_run(kept)).ok is True
+    wiped = {"rollout/horizon": horizons, "rollout/model_buffer_size": [(5000, 100_000.0), (5250, 100_000.0), (5500, 50_000.0)]}
+    assert check_model_buffer(diagnostics_run(wiped)).ok is False
+    grown = {"rollout/horizon": horizons, "rollout/model_buffer_size": [(5000, 100_000.0), (5250, 500_000.0)]}
+    assert check_model_buffer(diagnostics_run(grown)).ok is False
