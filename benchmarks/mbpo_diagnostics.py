@@ -241,7 +241,7 @@ def check_holdout_and_elites(run: Run, world_model, live: TensorDict | None) -> 
         Finding("elites", f"{elites}; best {len(elites)} on these data: {best}", "mostly the same members", None),
         Finding(
             "reward error of the elites",
-            f"{reward_error:.3f} per step (mean |error|)",
+            f"{reward_error:.3f} per step (mean absolute error)",
             f"small against the rewards' spread, {float(targets[:, 0].std()):.3f}",
             reward_error < 0.25 * float(targets[:, 0].std()),
         ),
@@ -414,10 +414,12 @@ def diagnose(run: Run, episodes: int) -> list[Finding]:
 
 
 def table(findings: list[Finding]) -> str:
+    """A markdown table; a ``|`` inside a cell is escaped so it cannot split the cell."""
     lines = ["| check | measured | expected | ok |", "| --- | --- | --- | --- |"]
     for f in findings:
         ok = "" if f.ok is None else ("yes" if f.ok else "**no**")
-        lines.append(f"| {f.check} | {f.measured} | {f.expected} | {ok} |")
+        cells = (str(cell).replace("|", "\\|") for cell in (f.check, f.measured, f.expected, ok))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

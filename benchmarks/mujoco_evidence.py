@@ -65,7 +65,13 @@ def in_window(values: list[tuple[int, float]], start: int, end: int) -> list[flo
 class Sitting:
     log: Path
     first_env_steps: int | None
-    peak_rss_gb: float | None
+    last_env_steps: int | None
+    peak_rss_gb: float | None  # None: the process did not finish (no ``time -v`` summary)
+
+    def describe(self) -> str:
+        evals = "no evaluation" if self.first_env_steps is None else f"evaluations from {self.first_env_steps} to {self.last_env_steps} env steps"
+        rss = f"peak RSS {self.peak_rss_gb:.2f} GB" if self.peak_rss_gb is not None else "did not finish: no peak RSS"
+        return f"{self.log.name}: {evals}, {rss}"
 
 
 def sittings(pattern: str | None) -> list[Sitting]:
@@ -73,9 +79,10 @@ def sittings(pattern: str | None) -> list[Sitting]:
     found = []
     for log in sorted((Path(p) for p in glob.glob(pattern or "")), key=lambda p: p.stat().st_mtime):
         text = log.read_text(errors="replace")
-        first = re.search(r"epoch \d+: env steps (\d+)", text)
+        evaluated = [int(steps) for steps in re.findall(r"epoch \d+: env steps (\d+)", text)]
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-        found.append(Sitting(log, int(first.group(1)) if first else None, int(rss.group(1)) / 1024**2 if rss else None))
+        first, last = (evaluated[0], evaluated[-1]) if evaluated else (None, None)
+        found.append(Sitting(log, first, last, int(rss.group(1)) / 1024**2 if rss else None))
     return found
 
 
@@ -163,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if seated:
         print(f"{len(seated)} sitting(s), resumed {len(seated) - 1} time(s):\n")
         for s in seated:
-            rss = f"{s.peak_rss_gb:.2f} GB" if s.peak_rss_gb is not None else "not finished"
-            print(f"- {s.log.name}: first evaluation at {s.first_env_steps} env steps, peak RSS {rss}")
+            print(f"- {s.describe()}")
         print()
     for curve in mbpo:
         print(f"## {curve.name}: where the time goes, and the world model\n\n{time_table(client, curve, args.every, resumed_at)}\n")

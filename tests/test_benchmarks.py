@@ -110,17 +110,28 @@ def test_the_mujoco_evidence_table_puts_each_run_the_sac_mean_and_the_paper_side
     assert rows[2:] == ["| 1000 | 50.0 | 40.0 |  | 40.0 |  |", "| 2000 | 300.0 | 100.0 | 200.0 | 150.0 | 524 |"]
 
 
-def test_each_sitting_of_a_resumed_run_gives_where_it_started_and_its_peak_memory(tmp_path):
+def test_each_sitting_of_a_resumed_run_gives_its_evaluations_and_its_peak_memory(tmp_path):
     import os
 
     from mujoco_evidence import sittings
 
-    first, second = tmp_path / "mbpo_s0.log", tmp_path / "mbpo_s0_resume1.log"
-    first.write_text("epoch 0: env steps 6000, eval return 1.0\n\tMaximum resident set size (kbytes): 2097152\n")
-    second.write_text("epoch 9: env steps 15000, eval return 2.0\n")  # still running: no time -v summary yet
-    os.utime(first, (1, 1))  # older
+    first, second, third = (tmp_path / f"mbpo_s0{suffix}.log" for suffix in ("", "_resume1", "_resume2"))
+    first.write_text("epoch 0: env steps 6000, eval return 1.0\nepoch 1: env steps 7000, eval return 1.5\n\tMaximum resident set size (kbytes): 2097152\n")
+    second.write_text("killed before its first evaluation\n")
+    third.write_text("epoch 9: env steps 15000, eval return 2.0\n")  # still running: no time -v summary yet
+    os.utime(first, (1, 1))  # oldest first
+    os.utime(second, (2, 2))
     found = sittings(str(tmp_path / "mbpo_s0*.log"))
-    assert [(s.log.name, s.first_env_steps, s.peak_rss_gb) for s in found] == [("mbpo_s0.log", 6000, 2.0), ("mbpo_s0_resume1.log", 15000, None)]
+    assert [(s.log.name, s.first_env_steps, s.last_env_steps, s.peak_rss_gb) for s in found] == [
+        ("mbpo_s0.log", 6000, 7000, 2.0),
+        ("mbpo_s0_resume1.log", None, None, None),
+        ("mbpo_s0_resume2.log", 15000, 15000, None),
+    ]
+    assert [s.describe() for s in found] == [
+        "mbpo_s0.log: evaluations from 6000 to 7000 env steps, peak RSS 2.00 GB",
+        "mbpo_s0_resume1.log: no evaluation, did not finish: no peak RSS",
+        "mbpo_s0_resume2.log: evaluations from 15000 to 15000 env steps, did not finish: no peak RSS",
+    ]
 
 
 def diagnostics_run(metrics=None, terminated=None, **data):
@@ -197,3 +208,11 @@ def test_a_model_buffer_that_shrank_or_outgrew_mbpo_s_size_fails_its_check():
     assert check_model_buffer(diagnostics_run(wiped)).ok is False
     grown = {"rollout/horizon": horizons, "rollout/model_buffer_size": [(5000, 100_000.0), (5250, 500_000.0)]}
     assert check_model_buffer(diagnostics_run(grown)).ok is False
+
+
+def test_a_pipe_inside_a_finding_cannot_split_its_table_cell():
+    from mbpo_diagnostics import Finding, table
+
+    row = table([Finding("reward error", "0.007 (mean |error|)", "small", True)]).splitlines()[-1]
+    assert row == "| reward error | 0.007 (mean \\|error\\|) | small | yes |"
+    assert row.replace("\\|", "").count("|") == 5  # four cells
