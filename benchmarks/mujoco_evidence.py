@@ -66,11 +66,11 @@ class Sitting:
     log: Path
     first_env_steps: int | None
     last_env_steps: int | None
-    peak_rss_gb: float | None  # None: the process did not finish (no ``time -v`` summary)
+    peak_rss_gib: float | None  # None: the process did not finish (no ``time -v`` summary)
 
     def describe(self) -> str:
         evals = "no evaluation" if self.first_env_steps is None else f"evaluations from {self.first_env_steps} to {self.last_env_steps} env steps"
-        rss = f"peak RSS {self.peak_rss_gb:.2f} GB" if self.peak_rss_gb is not None else "did not finish: no peak RSS"
+        rss = f"peak RSS {self.peak_rss_gib:.2f} GiB" if self.peak_rss_gib is not None else "did not finish: no peak RSS"
         return f"{self.log.name}: {evals}, {rss}"
 
 

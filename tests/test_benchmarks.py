@@ -122,13 +122,13 @@ def test_each_sitting_of_a_resumed_run_gives_its_evaluations_and_its_peak_memory
     os.utime(first, (1, 1))  # oldest first
     os.utime(second, (2, 2))
     found = sittings(str(tmp_path / "mbpo_s0*.log"))
-    assert [(s.log.name, s.first_env_steps, s.last_env_steps, s.peak_rss_gb) for s in found] == [
+    assert [(s.log.name, s.first_env_steps, s.last_env_steps, s.peak_rss_gib) for s in found] == [
         ("mbpo_s0.log", 6000, 7000, 2.0),
         ("mbpo_s0_resume1.log", None, None, None),
         ("mbpo_s0_resume2.log", 15000, 15000, None),
     ]
     assert [s.describe() for s in found] == [
-        "mbpo_s0.log: evaluations from 6000 to 7000 env steps, peak RSS 2.00 GB",
+        "mbpo_s0.log: evaluations from 6000 to 7000 env steps, peak RSS 2.00 GiB",
         "mbpo_s0_resume1.log: no evaluation, did not finish: no peak RSS",
         "mbpo_s0_resume2.log: evaluations from 15000 to 15000 env steps, did not finish: no peak RSS",
     ]
