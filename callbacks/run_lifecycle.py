@@ -34,6 +34,7 @@ class RunLifecycle(Callback):
     - During ``fit`` the first Ctrl+C is deferred to the end of the current agent update (see
       ``nmbrl.interrupt``); then, as after a divergence stop, a final checkpoint is written to
       ``checkpoints/last.ckpt`` and the MLflow run ends as ``KILLED`` (``FAILED`` for divergence).
+      The CLI then exits with status 130, as a shell does for a command stopped by Ctrl+C.
       A failed concurrent-mode role (``RoleFailed``) gets the same final checkpoint; this callback
       comes after the role callbacks, so they have stopped their processes by then.
     """
@@ -61,6 +62,8 @@ class RunLifecycle(Callback):
         set_rng_states(state_dict["rng"])
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            interrupt.stopped_run = True  # Lightning exits with status 1; the CLI makes it the shell's 130
         stopped_by = next((name for kind, name in STOPPED_BY.items() if isinstance(exception, kind)), None)
         if stopped_by is None or trainer.state.fn != "fit":
             return

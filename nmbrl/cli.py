@@ -26,6 +26,7 @@ from nmbrl.concurrent.cores import available_cores
 from nmbrl.data import RLDataModule
 from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
+from nmbrl.interrupt import interrupt
 from nmbrl.preflight import check_tracking_uri, check_writable_folder
 from nmbrl.tracking import SaveConfigToRun, sqlite_store_lock
 
@@ -200,10 +201,19 @@ def experiment_id(logger: Namespace | None) -> str | None:
     return experiment.experiment_id
 
 
+# The exit status of a command stopped by Ctrl+C (128 + SIGINT), what shells and scripts expect.
+EXIT_CTRL_C = 130
+
+
 def run(args: list[str] | None = None) -> NMBRLCLI:
-    """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3."""
+    """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
+    a stop by Ctrl+C (after its checkpoint) with status 130."""
     try:
         return NMBRLCLI(args=args)
+    except SystemExit as exit_:
+        if exit_.code == 1 and interrupt.stopped_run:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+            raise SystemExit(EXIT_CTRL_C) from None
+        raise
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(3) from None

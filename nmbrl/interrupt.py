@@ -18,6 +18,7 @@ class GracefulInterrupt:
 
     def __init__(self) -> None:
         self.requested = False
+        self.stopped_run = False  # set when a Ctrl+C ended fit or test: the CLI then exits with status 130
         self._previous = None
 
     def install(self) -> None:
