@@ -105,6 +105,7 @@ class NMBRLCLI(LightningCLI):
             rank_zero_info(f"torch_threads=auto: {threads} torch thread(s) per training process.")
         set_torch_threads(threads)
         check_trainer_flags(config.trainer)
+        check_concurrent_roles(config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Optional callback groups left out of the config come as None.
@@ -137,6 +138,25 @@ def check_trainer_flags(trainer: Namespace) -> None:
             f"trainer.limit_train_batches={limit} is not supported: a batch here is one env step, and the data module "
             "counts an epoch as data.epoch_length env steps, so cut epochs would throw the env-step budget and the "
             "schedules off. Leave it unset and shorten the epochs with --data.epoch_length instead."
+        )
+
+
+def check_concurrent_roles(config: Namespace) -> None:
+    """ConfigError for a collector process without the world-model trainer process.
+
+    Concurrent mode is the two together (``configs/mbpo_async.yaml``). A ``--collection.*`` flag on
+    another config would otherwise add a collector process to it, and quietly start a mode nobody asked for.
+    """
+    collection, model_training = config.get("collection"), config.get("model_training")
+    if collection is None:
+        return
+    trainer_class = model_training.class_path.rsplit(".", 1)[-1] if model_training is not None else None
+    if trainer_class != "WorldModelTrainingProcess":
+        what = f"its model_training is {trainer_class}, in the main process" if trainer_class else "it has no model_training"
+        raise ConfigError(
+            f"collection ({collection.class_path}) is concurrent mode's collector process, but this config is not "
+            f"concurrent mode: {what}. For concurrent mode use --config configs/mbpo_async.yaml (its --collection.* "
+            "flags apply there); otherwise leave out the --collection.* flags."
         )
 
 

@@ -87,6 +87,24 @@ def test_limit_train_batches_is_refused_with_one_error_line(store: Path, capsys,
     assert not (store / "runs").exists()
 
 
+@pytest.mark.parametrize(("config", "what"), [("mbpo.yaml", "WorldModelTraining, in the main process"), ("sac.yaml", "no model_training")])
+def test_a_collection_flag_outside_concurrent_mode_is_refused_before_anything_is_built(store: Path, capsys, config: str, what: str) -> None:
+    # Without the check, --collection.max_lead added a collector process to mbpo.yaml: a mode nobody asked for.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", f"configs/{config}", *TINY, "--collection.max_lead", "10", *store_args(store)])
+
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and what in errors[0] and "configs/mbpo_async.yaml" in errors[0], errors
+    assert not (store / "runs").exists()
+
+
+def test_collection_flags_on_the_concurrent_config_are_taken(store: Path) -> None:
+    cli = build_fit(store, "mbpo_async.yaml", "--collection.max_lead", "10")
+
+    assert [c.max_lead for c in cli.trainer.callbacks if type(c).__name__ == "CollectorProcess"] == [10]
+
+
 def test_limit_train_batches_of_a_whole_epoch_is_accepted(store: Path) -> None:
     cli = build_fit(store, "sac.yaml", "--trainer.limit_train_batches", "1.0")
 
