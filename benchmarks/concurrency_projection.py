@@ -64,10 +64,14 @@ class Costs:
     evaluation: tuple[float, float]
 
     @classmethod
-    def of(cls, one: dict, two: dict) -> Costs:
+    def of(cls, one: dict, two: dict, retrain_epochs: float | None = None) -> Costs:
+        """From the 1- and 2-thread records; ``retrain_epochs`` rescales retraining to that many epochs each
+        (it is linear in them), for when a real run's early stopping chose another count than the records."""
         if (one["config"], one["cli_args"]) != (two["config"], two["cli_args"]) or (one["threads"], two["threads"]) != (1, 2):
             raise SystemExit("error: give the 1-thread and the 2-thread record of the same config, in that order.")
         both = {name: (one["phases_s"][phase], two["phases_s"][phase]) for name, phase in PHASES.items()}
+        if retrain_epochs is not None:
+            both["retrain"] = tuple(seconds * retrain_epochs / record["retrain_epochs"] for seconds, record in zip(both["retrain"], (one, two)))
         return cls(explore=both["explore"][0], collection=one["collection_s"], **{k: v for k, v in both.items() if k != "explore"})
 
     def agent(self, t: int) -> float:
@@ -117,13 +121,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("two", type=Path, help="the same config's record with --threads 2")
     parser.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--world-model-threads", type=int, choices=[1, 2], default=1, help="the world-model role's threads")
+    parser.add_argument(
+        "--retrain-epochs", type=float, default=None, help="world-model epochs per retraining, if not the records' (say, a real run's mean)"
+    )
     parser.add_argument("--measured-sync", type=float, default=None, help="minutes of a real 2-core sync run, to compare")
     parser.add_argument("--measured-concurrent", type=float, default=None, help="minutes of a real 2-core concurrent run")
     args = parser.parse_args(argv)
     one, two = json.loads(args.one.read_text()), json.loads(args.two.read_text())
-    costs = Costs.of(one, two)
+    costs = Costs.of(one, two, args.retrain_epochs)
     measured = {"sync": args.measured_sync, "concurrent": args.measured_concurrent}
-    print(f"`{one['config']}` {' '.join(one['cli_args'])}, {one['env_steps']} env steps, {one['retrainings']} retrainings\n")
+    epochs = args.retrain_epochs if args.retrain_epochs is not None else one["retrain_epochs"]
+    print(
+        f"`{one['config']}` {' '.join(one['cli_args'])}, {one['env_steps']} env steps, {one['retrainings']} retrainings "
+        f"of {epochs:g} world-model epochs\n"
+    )
     print(table(costs, args.cores, measured, args.world_model_threads))
 
 

@@ -100,6 +100,20 @@ def test_the_projection_overlaps_retraining_and_collection_only_where_the_cores_
     assert estimate(costs, 2).sync == estimate(costs, 16).sync  # more cores do not help sync mode
 
 
+def test_the_projection_rescales_retraining_to_another_epoch_count():
+    from concurrency_projection import Costs
+
+    def record(threads, retrain_s):
+        phases = {"random exploration": 5, "SAC loop (with collection)": 100, "world-model retraining": retrain_s}
+        phases |= {"branched rollouts": 10, "evaluation": 1}
+        return {"config": "c.yaml", "cli_args": [], "threads": threads, "phases_s": phases, "collection_s": 7, "retrain_epochs": 40}
+
+    one, two = record(1, 800.0), record(2, 600.0)
+    assert Costs.of(one, two).retrain == (800.0, 600.0)
+    assert Costs.of(one, two, retrain_epochs=10).retrain == (200.0, 150.0)  # linear in the epochs
+    assert Costs.of(one, two, retrain_epochs=10).loop == (100, 100)  # nothing else changes
+
+
 def test_the_mujoco_evidence_table_puts_each_run_the_sac_mean_and_the_paper_side_by_side():
     from mujoco_evidence import Curve, returns_table
 
