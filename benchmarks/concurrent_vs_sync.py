@@ -105,8 +105,12 @@ def mean_return(curve: list[tuple[int, float]]) -> float:
     return area / (curve[-1][0] - curve[0][0])
 
 
-def results(out: Path, target: float) -> dict[str, dict[int, Result]]:
-    """``{mode: {seed: Result}}`` from the benchmark's MLflow store."""
+def results(out: Path, target: float, unfinished: list[str] | None = None) -> dict[str, dict[int, Result]]:
+    """``{mode: {seed: Result}}`` from the benchmark's MLflow store, finished runs only.
+
+    A run still going, or stopped before its budget, would enter the means with a return from
+    before its end; it is left out, and ``"<mode> seed <seed> (<status>, <env steps>)"`` goes to ``unfinished``.
+    """
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -116,6 +120,11 @@ def results(out: Path, target: float) -> dict[str, dict[int, Result]]:
     for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
         mode, seed = run.info.run_name.rsplit("-seed", 1)
         history = [(m.timestamp, m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/return_mean")]
+        if run.info.status != "FINISHED":
+            if unfinished is not None:
+                reached = f"evaluated to {max(h[1] for h in history)} env steps" if history else "not evaluated yet"
+                unfinished.append(f"{mode} seed {seed} ({run.info.status}, {reached})")
+            continue
         if not history:
             continue
         seconds, steps = first_reaching(history, target, run.info.start_time)
@@ -159,6 +168,7 @@ def table(found: dict[str, dict[int, Result]], target: float) -> str:
 
     rows = {
         "seeds": lambda mode, runs: " ".join(str(seed) for seed in sorted(found[mode])),
+        "final eval return per seed": lambda mode, runs: ", ".join(f"{found[mode][seed].final_return:.1f}" for seed in sorted(found[mode])),
         "final eval return": lambda mode, runs: mean_std([r.final_return for r in runs]),
         "final return / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "final_return"),
         "area under the eval curve (mean return)": lambda mode, runs: mean_std([r.area for r in runs]),
@@ -194,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
                 name = f"{mode}-seed{seed}"
                 command = run_command(config, extra, args.env, args.budget, seed, name, args.out)
                 run_one(command, args.out / "logs" / f"{name}.log", args.threads)
-    report = f"{args.env}, budget {args.budget} env steps, seeds {args.seeds}\n\n{table(results(args.out, args.target), args.target)}\n"
+    unfinished: list[str] = []
+    found = results(args.out, args.target, unfinished)
+    body = table(found, args.target) if found else "No finished runs yet."
+    report = f"{args.env}, budget {args.budget} env steps, finished runs in {args.out}\n\n{body}\n"
+    if unfinished:
+        report += "\nLeft out, not finished: " + "; ".join(unfinished) + "\n"
     print(report)
     (args.out / "table.md").write_text(report)
 

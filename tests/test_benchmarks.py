@@ -72,6 +72,26 @@ def test_the_area_under_an_eval_curve_is_its_mean_return_by_the_trapezoid_rule()
     assert mean_return([(1000, 42.0)]) == 42.0
 
 
+def test_the_ablation_reads_finished_runs_only_and_names_the_others(tmp_path):
+    import mlflow
+    from concurrent_vs_sync import results
+
+    create_store(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("benchmark").experiment_id
+    for name, status in [("sync-seed0", "FINISHED"), ("lockstep-seed0", "RUNNING"), ("lockstep-seed1", "KILLED")]:
+        run_id = client.create_run(experiment, run_name=name).info.run_id
+        for step, value in [(1000, 100.0), (2000, 300.0)]:
+            client.log_metric(run_id, "eval/return_mean", value, step=step)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+
+    unfinished = []
+    found = results(tmp_path, 750.0, unfinished)
+    assert list(found) == ["sync"] and found["sync"][0].final_return == 300.0
+    assert unfinished == ["lockstep seed 0 (RUNNING, evaluated to 2000 env steps)", "lockstep seed 1 (KILLED, evaluated to 2000 env steps)"]
+
+
 def test_the_ablation_table_compares_each_variant_with_sync_on_the_seeds_both_ran():
     nan = float("nan")
     found = {
@@ -83,6 +103,7 @@ def test_the_ablation_table_compares_each_variant_with_sync_on_the_seeds_both_ra
     assert "| final return / sync's (same seeds) | 1.000 (n=2) | 0.975 (n=1) |" in rows  # 780 / 800, seed 0 only
     assert "| area / sync's (same seeds) | 1.000 (n=2) | 0.950 (n=1) |" in rows
     assert "| collector's policy age (agent updates) | – | 0.00 ± 0.00 |" in rows  # sync has no collector
+    assert "| final eval return per seed | 800.0, 600.0 | 780.0 |" in rows
 
 
 def test_the_projection_overlaps_retraining_and_collection_only_where_the_cores_allow():
