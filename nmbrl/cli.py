@@ -18,7 +18,15 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 from mlflow import MlflowClient
 
-from callbacks import BranchedRollouts, CollectorProcess, Evaluation, PolicyModelLogging, RunLifecycle, WorldModelTraining
+from callbacks import (
+    BranchedRollouts,
+    CollectorProcess,
+    Evaluation,
+    PolicyModelLogging,
+    RunLifecycle,
+    WorldModelTraining,
+    WorldModelTrainingProcess,
+)
 
 from nmbrl.agent import SACAgent
 from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
@@ -150,9 +158,9 @@ def check_concurrent_roles(config: Namespace) -> None:
     collection, model_training = config.get("collection"), config.get("model_training")
     if collection is None:
         return
-    trainer_class = model_training.class_path.rsplit(".", 1)[-1] if model_training is not None else None
-    if trainer_class != "WorldModelTrainingProcess":
-        what = f"its model_training is {trainer_class}, in the main process" if trainer_class else "it has no model_training"
+    trainer_class = class_of(model_training.class_path) if model_training is not None else None
+    if trainer_class is None or not issubclass(trainer_class, WorldModelTrainingProcess):
+        what = f"its model_training is {trainer_class.__name__}, in the main process" if trainer_class else "it has no model_training"
         raise ConfigError(
             f"collection ({collection.class_path}) is concurrent mode's collector process, but this config is not "
             f"concurrent mode: {what}. For concurrent mode use --config configs/mbpo_async.yaml (its --collection.* "
@@ -182,9 +190,13 @@ def mlflow_logger_args(logger: Any) -> Namespace | None:
     """The init args of the configured logger if it is an MLFlowLogger (the usual case), else None."""
     if not isinstance(logger, Namespace) or "class_path" not in logger:
         return None
-    module, _, name = logger.class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return logger.init_args if issubclass(cls, MLFlowLogger) else None
+    return logger.init_args if issubclass(class_of(logger.class_path), MLFlowLogger) else None
+
+
+def class_of(class_path: str) -> type:
+    """The class a config's ``class_path`` names."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> None:

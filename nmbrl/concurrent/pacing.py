@@ -9,7 +9,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 from tensordict import TensorDictBase
 
-from nmbrl.data.module import RLDataModule
+from nmbrl.data.module import RLDataModule, StepStream
 from nmbrl.interrupt import interrupt
 
 POLL_S = 0.002
@@ -72,7 +72,7 @@ class RemoteCollection:
         return env_steps
 
 
-class PacedStream:
+class PacedStream(StepStream):
     """The training "dataloader" of concurrent mode: per real transition, one ``updates_per_step x batch_size`` batch.
 
     Like ``TrainingStream``, but the env steps come from the collector process: the batches of
@@ -82,11 +82,8 @@ class PacedStream:
     """
 
     def __init__(self, data: RLDataModule, collection: RemoteCollection) -> None:
-        self.data = data
+        super().__init__(data)
         self.collection = collection
-
-    def __len__(self) -> int:
-        return self.data.transitions(self.data.epoch_length)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data, pacing, trainer = self.data, self.collection.pacing, self.data.trainer

@@ -288,7 +288,29 @@ class RLDataModule(LightningDataModule):
             remove_scratch_folder(old_folder)  # the old files would stay on disk: GBs per resize for Humanoid
 
 
-class TrainingStream:
+class StepStream:
+    """Base of the training "dataloaders": one batch per real transition, ``epoch_length`` transitions an epoch.
+
+    A stream's position is the data module's env steps and the trainer's update count, both
+    restored with a checkpoint, so the stream itself has nothing to save. It still has Lightning's
+    ``state_dict``/``load_state_dict``: Lightning warns on every mid-epoch resume (Ctrl+C) that a
+    loader without them "can cause unreliable results", which here is not so.
+    """
+
+    def __init__(self, data: RLDataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.transitions(self.data.epoch_length)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class TrainingStream(StepStream):
     """The training "dataloader": per real transition, one ``updates_per_step x batch_size`` batch, for one epoch.
 
     The agent makes ``updates_per_step`` updates of each (``SACAgent.training_step``), so Lightning's
@@ -298,12 +320,6 @@ class TrainingStream:
     model buffer as it was before that rollout. The epoch runs until ``data.epoch_end`` env steps,
     so an epoch resumed from a mid-epoch checkpoint (Ctrl+C) takes only its remaining steps.
     """
-
-    def __init__(self, data: RLDataModule) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return self.data.transitions(self.data.epoch_length)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data

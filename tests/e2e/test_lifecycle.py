@@ -133,6 +133,14 @@ def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> Non
     assert len(run.outputs.model_outputs) == 1  # the policy, logged as an MLflow model on the way out
     print(f"stopped {seconds:.1f} s after SIGINT")
 
+    # It resumes from that mid-epoch checkpoint, without Lightning's warning that the loader cannot resume.
+    stopped_at = checkpoint["nmbrl"]["env_steps"]
+    result = run_cli("fit", *PENDULUM, "--trainer.max_epochs", str(checkpoint["epoch"] + 2), "--ckpt_path", "last", store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "before the epoch ended" not in result.stdout + result.stderr
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and run.data.metrics["env_steps"] > stopped_at
+
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store: Path) -> None:
     log = store / "log.txt"
