@@ -240,6 +240,7 @@ EXIT_CTRL_C = 130
 def run(args: list[str] | None = None) -> NMBRLCLI:
     """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
     a stop by Ctrl+C (after its checkpoint) with status 130."""
+    interrupt.stopped_run = False  # this run's, not an earlier one's in the same process
     try:
         return NMBRLCLI(args=args)
     except SystemExit as exit_:

@@ -121,3 +121,20 @@ def test_torch_threads_default_to_the_idle_cores(tmp_path, restore_torch_threads
     build_cli(tmp_path)
 
     assert torch.get_num_threads() == threads
+
+
+def test_only_a_ctrl_c_stop_turns_lightnings_exit_status_1_into_130(monkeypatch):
+    from nmbrl.interrupt import interrupt
+
+    def stopped_by_ctrl_c(args):
+        interrupt.stopped_run = True  # as RunLifecycle.on_exception marks it, before Lightning's sys.exit(1)
+        raise SystemExit(1)
+
+    def exited_otherwise(args):
+        raise SystemExit(1)
+
+    for fake, status in [(stopped_by_ctrl_c, 130), (exited_otherwise, 1)]:  # the second run does not inherit the first's stop
+        monkeypatch.setattr(cli, "NMBRLCLI", fake)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run([])
+        assert exit_info.value.code == status
