@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from nmbrl.checkpoints import CHECKPOINT_KEY
 from nmbrl.errors import RoleFailed, TrainingDiverged
@@ -69,7 +69,8 @@ class RunLifecycle(Callback):
             return
         path = final_checkpoint_path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint to resume from, said outright
-        rank_zero_warn(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
+        # A message, not a warning: a warning would also print this source line to the user's terminal.
+        rank_zero_info(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
         if isinstance(exception, KeyboardInterrupt) and hasattr(trainer.logger, "end_status"):
             trainer.logger.end_status = "KILLED"
 

@@ -124,6 +124,7 @@ def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> Non
     status, seconds = send_and_wait(process, signal.SIGINT)
     assert status == 130, log.read_text()[-3000:]  # as a shell reports a command stopped by Ctrl+C
     assert "Stopped by Ctrl+C" in log.read_text()
+    assert "rank_zero" not in log.read_text()  # a plain message, without a warning's source line
     assert "weights_only" not in log.read_text()  # no stray Lightning notice in the user's terminal
     checkpoint = load(checkpoints(store)[0])
     assert checkpoint["nmbrl"]["env_steps"] >= 300  # past the first epoch, wherever it stopped
