@@ -7,10 +7,13 @@ import queue
 import signal
 import time
 import traceback
+import zlib
 from multiprocessing import parent_process
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
@@ -40,10 +43,21 @@ class StopSignal:
         return self.event.is_set() or not parent_process().is_alive()
 
 
-def role_main(role: Role, stop_event, errors, results) -> None:
-    """Entry point of a role process: run the role, send back its result or its traceback."""
+def role_seed(run_seed: int, name: str) -> int:
+    """The seed of role ``name``'s process: a function of the run's seed, different for each role and from the run's own.
+
+    A spawned process starts with an unseeded generator, so without it a role's random numbers
+    (the collector's exploration and random actions, the world model's bootstraps, holdout and
+    batches) would differ on every run of the same seed.
+    """
+    return int(np.random.SeedSequence([run_seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def role_main(role: Role, seed: int, stop_event, errors, results) -> None:
+    """Entry point of a role process: seed it, run the role, send back its result or its traceback."""
     # Ctrl+C reaches the whole process group; the parent alone decides how the roles stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seed_everything(seed, verbose=False)
     torch.set_num_threads(role.threads)
     os.nice(role.nice)
     try:
@@ -69,7 +83,8 @@ class RoleProcess:
         self.results = CONTEXT.Queue()
         self.process = CONTEXT.Process(
             target=role_main,
-            args=(role, self.stop_event, self.errors, self.results),
+            # The run's seed (``seed_everything`` in the parent) is the parent generator's initial seed.
+            args=(role, role_seed(torch.initial_seed(), role.name), self.stop_event, self.errors, self.results),
             name=f"nmbrl-{role.name}",
             daemon=True,  # a safety net: multiprocessing terminates daemons when the parent exits
         )

@@ -8,7 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from lightning.pytorch import seed_everything
 
 from nmbrl.concurrent.shared import CONTEXT
 from nmbrl.concurrent.supervisor import RoleProcess, StopSignal
@@ -27,6 +30,20 @@ class Waiter:
         while not should_stop():
             time.sleep(0.01)
         return "stopped cleanly"
+
+
+@dataclass
+class Drawer:
+    """Returns the first random numbers its process draws: torch's, numpy's and Python's."""
+
+    name: str = "drawer"
+    threads: int = 1
+    nice: int = 0
+
+    def run(self, should_stop: StopSignal) -> list[float]:
+        import random
+
+        return [*torch.rand(2).tolist(), *np.random.rand(2).tolist(), random.random()]
 
 
 @dataclass
@@ -75,6 +92,28 @@ def test_a_stopped_role_returns_its_result_and_its_process_ends():
     assert role.stop() == "stopped cleanly"
     assert not role.process.is_alive() and role.process.exitcode == 0
     assert role.stop() is None  # a second stop is harmless
+
+
+def draws(seed: int, name: str = "drawer") -> list[float]:
+    """What a Drawer role draws in a run seeded with ``seed``."""
+    seed_everything(seed, verbose=False)
+    role = RoleProcess(Drawer(name=name))
+    role.start()
+    drawn = role.results.get(timeout=60)
+    role.process.join(timeout=60)
+    assert role.process.exitcode == 0
+    return drawn
+
+
+def test_a_role_process_draws_from_the_runs_seed():
+    # A spawned process starts unseeded: the same seed must still give the same draws in a role,
+    # so that a concurrent run can be repeated.
+    first = draws(3)
+    assert draws(3) == first
+    assert draws(4) != first
+    assert draws(3, name="other") != first  # each role has its own stream
+    seed_everything(3, verbose=False)
+    assert torch.rand(2).tolist() != first[:2]  # and not the run's own
 
 
 def test_a_role_runs_at_its_priority():

@@ -151,3 +151,21 @@ def test_the_overlapping_default_does_run_ahead(tmp_path: Path) -> None:
     run = only_run(tmp_path / "overlap")
     assert max(metric_values(tmp_path / "overlap", run, "collector/policy_age_updates")) > 0
     assert len(overlapping) == 200
+
+
+@pytest.mark.slow
+def test_a_lockstep_run_repeats_exactly_for_its_seed(tmp_path: Path) -> None:
+    # Every role draws from the run's seed (each its own stream), so lockstep, whose order of events
+    # is fixed, gives the same run twice: the same returns and the same weights.
+    outcomes = []
+    for attempt in ("first", "second"):
+        store = tmp_path / attempt
+        result = run_cli(*ASYNC, "--collection.lockstep", "true", "--seed_everything", "5", store=store)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = only_run(store)
+        checkpoint = torch.load(last_checkpoint(store, run), map_location="cpu", weights_only=False)
+        outcomes.append((metric_values(store, run, "eval/return_mean"), checkpoint["state_dict"]))
+    (first_returns, first_weights), (second_returns, second_weights) = outcomes
+    assert len(first_returns) == 2 and first_returns == second_returns
+    assert first_weights.keys() == second_weights.keys()
+    assert all(torch.equal(first_weights[key], second_weights[key]) for key in first_weights)
