@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from concurrent_vs_sync import Result, first_reaching, mean_return  # noqa: E402
+from concurrent_vs_sync import Result, first_reaching, mean_return, seed_interval  # noqa: E402
 from concurrent_vs_sync import table as ablation_table  # noqa: E402
 from learning_curves import create_store, curves, run_one, table  # noqa: E402
 
@@ -251,3 +251,19 @@ def test_a_pipe_inside_a_finding_cannot_split_its_table_cell():
     row = table([Finding("reward error", "0.007 (mean |error|)", "small", True)]).splitlines()[-1]
     assert row == "| reward error | 0.007 (mean \\|error\\|) | small | yes |"
     assert row.replace("\\|", "").count("|") == 5  # four cells
+
+
+def test_the_ratio_to_sync_comes_with_a_seed_bootstrap_interval_from_three_seeds():
+    nan = float("nan")
+    sync = {seed: Result(None, None, final, 60.0, final / 2, nan, 0.0) for seed, final in enumerate([800.0, 600.0, 700.0, 500.0])}
+    lockstep = {seed: Result(None, None, 0.9 * r.final_return, 60.0, r.area * ratio, 0.0, 0.0)
+                for (seed, r), ratio in zip(sync.items(), [0.6, 1.3, 0.8, 1.2])}
+    rows = ablation_table({"sync": sync, "lockstep": lockstep}, 750.0).splitlines()
+    # Every seed at 0.9x: every draw of seeds gives 0.9.
+    assert "| final return / sync's (same seeds) | 1.000 (n=4; 90% 1.00-1.00) | 0.900 (n=4; 90% 0.90-0.90) |" in rows
+    area_row = next(row for row in rows if row.startswith("| area / sync's"))
+    low, high = seed_interval([400 * 0.6, 300 * 1.3, 350 * 0.8, 250 * 1.2], [400.0, 300.0, 350.0, 250.0])
+    assert f"(n=4; 90% {low:.2f}-{high:.2f})" in area_row
+    # Spread per-seed ratios: the interval holds the ratio of the sums and lies within the per-seed extremes.
+    point = (400 * 0.6 + 300 * 1.3 + 350 * 0.8 + 250 * 1.2) / 1300
+    assert 0.6 < low < point < high < 1.3
