@@ -9,7 +9,8 @@ prints, side by side: the return at the end and the area under the eval curve (t
 the run, by the trapezoid rule), each also as a ratio to sync's mean; when each run first reached
 the target return (seconds since it started, from the metric's timestamp, and env steps); the
 staleness the roles logged (the collector's policy age in agent updates, the rollouts' model age in
-env steps); and the wall-clock per run.
+env steps); the pacing they kept (agent updates per real transition at the end, the agent's share of
+time spent waiting for env steps); and the wall-clock per run.
 
 Each run takes the CLI's ``--torch_threads auto`` unless ``--threads`` is given: on an idle
 2-core machine that is 2 threads in both modes; concurrent mode's agent lends one to the
@@ -51,10 +52,13 @@ VARIANTS = {
     "lead-100": (ASYNC, ["--collection.max_lead", "100"]),
 }
 STALENESS = {"policy_age": "collector/policy_age_updates", "model_age": "rollout/world_model_age_steps"}
+# The pacing each run kept, as logged: its updates per real transition at the end (the metric is a running
+# ratio over the whole run) and the mean share of the agent's time spent waiting for env steps.
+PACING = {"update_ratio": ("pacing/update_ratio", "last"), "wait_fraction": ("agent/wait_fraction", "mean")}
 
 
 class Result(NamedTuple):
-    """One run: when it first reached the target (None if never), how it ended, and its mean staleness."""
+    """One run: when it first reached the target (None if never), how it ended, its mean staleness and its pacing."""
 
     seconds_to_target: float | None
     steps_to_target: int | None
@@ -63,6 +67,8 @@ class Result(NamedTuple):
     area: float = float("nan")
     policy_age: float = float("nan")
     model_age: float = float("nan")
+    update_ratio: float = float("nan")
+    wait_fraction: float = float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,12 +138,20 @@ def results(out: Path, target: float, unfinished: list[str] | None = None) -> di
         total = ((run.info.end_time or max(h[0] for h in history)) - run.info.start_time) / 1000
         area = mean_return([(step, value) for _, step, value in history])
         staleness = {name: mean_of(client.get_metric_history(run.info.run_id, key)) for name, key in STALENESS.items()}
-        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **staleness)
+        pacing = {name: summary_of(client.get_metric_history(run.info.run_id, key), how) for name, (key, how) in PACING.items()}
+        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **staleness, **pacing)
     return found
 
 
 def mean_of(history) -> float:
     return sum(m.value for m in history) / len(history) if history else float("nan")
+
+
+def summary_of(history, how: str) -> float:
+    """The ``"mean"`` or the ``"last"`` (highest step) value of a metric's history; NaN if never logged."""
+    if how == "mean":
+        return mean_of(history)
+    return max(history, key=lambda m: (m.step, m.timestamp)).value if history else float("nan")
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -194,6 +208,8 @@ def table(found: dict[str, dict[int, Result]], target: float) -> str:
         "area / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "area"),
         "collector's policy age (agent updates)": lambda mode, runs: mean_std(logged([r.policy_age for r in runs]), digits=2),
         "rollouts' model age (env steps)": lambda mode, runs: mean_std(logged([r.model_age for r in runs])),
+        "updates per env step at the end (pacing)": lambda mode, runs: mean_std(logged([r.update_ratio for r in runs]), digits=3),
+        "agent's time waiting for env steps": lambda mode, runs: mean_std(logged([r.wait_fraction for r in runs]), digits=3),
         f"seeds reaching {target:g}": lambda mode, runs: f"{sum(r.steps_to_target is not None for r in runs)} / {len(runs)}",
         f"wall-clock to {target:g} (min)": lambda mode, runs: mean_std(
             [r.seconds_to_target for r in runs if r.seconds_to_target is not None], 60
