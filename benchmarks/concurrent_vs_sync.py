@@ -51,10 +51,15 @@ VARIANTS = {
     "lead-10": (ASYNC, ["--collection.max_lead", "10"]),
     "lead-100": (ASYNC, ["--collection.max_lead", "100"]),
 }
-STALENESS = {"policy_age": "collector/policy_age_updates", "model_age": "rollout/world_model_age_steps"}
-# The pacing each run kept, as logged: its updates per real transition at the end (the metric is a running
+# What the roles logged, as Result's fields: each metric and how a run's history is summed up. The staleness
+# is its mean over the run; the pacing, the updates per real transition at the end (the metric is a running
 # ratio over the whole run) and the mean share of the agent's time spent waiting for env steps.
-PACING = {"update_ratio": ("pacing/update_ratio", "last"), "wait_fraction": ("agent/wait_fraction", "mean")}
+LOGGED = {
+    "policy_age": ("collector/policy_age_updates", "mean"),
+    "model_age": ("rollout/world_model_age_steps", "mean"),
+    "update_ratio": ("pacing/update_ratio", "last"),
+    "wait_fraction": ("agent/wait_fraction", "mean"),
+}
 
 
 class Result(NamedTuple):
@@ -137,21 +142,18 @@ def results(out: Path, target: float, unfinished: list[str] | None = None) -> di
         final = max(history, key=lambda entry: entry[1])[2]
         total = ((run.info.end_time or max(h[0] for h in history)) - run.info.start_time) / 1000
         area = mean_return([(step, value) for _, step, value in history])
-        staleness = {name: mean_of(client.get_metric_history(run.info.run_id, key)) for name, key in STALENESS.items()}
-        pacing = {name: summary_of(client.get_metric_history(run.info.run_id, key), how) for name, (key, how) in PACING.items()}
-        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **staleness, **pacing)
+        logged = {name: summary_of(client.get_metric_history(run.info.run_id, key), how) for name, (key, how) in LOGGED.items()}
+        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **logged)
     return found
-
-
-def mean_of(history) -> float:
-    return sum(m.value for m in history) / len(history) if history else float("nan")
 
 
 def summary_of(history, how: str) -> float:
     """The ``"mean"`` or the ``"last"`` (highest step) value of a metric's history; NaN if never logged."""
+    if not history:
+        return float("nan")
     if how == "mean":
-        return mean_of(history)
-    return max(history, key=lambda m: (m.step, m.timestamp)).value if history else float("nan")
+        return sum(m.value for m in history) / len(history)
+    return max(history, key=lambda m: (m.step, m.timestamp)).value
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
