@@ -5,8 +5,9 @@ same machine: ``sync`` (``configs/mbpo.yaml``), ``concurrent`` (``configs/mbpo_a
 shipped) and the ablations of concurrent mode (``VARIANTS``): ``lockstep`` (sync's order exactly),
 ``exact-pacing`` (the collector never ahead, policy and model free to lag), ``lead-10`` and
 ``lead-100`` (the collector up to that many env steps ahead). It reads the runs back from MLflow and
-prints, side by side: the return at the end and the area under the eval curve (the mean return over
-the run, by the trapezoid rule), each also as a ratio to sync's mean; when each run first reached
+prints, side by side: the return at the end, the mean of the last 3 evaluations (steadier than the
+last one alone) and the area under the eval curve (the mean return over the run, by the trapezoid
+rule), each also as a ratio to sync's mean; when each run first reached
 the target return (seconds since it started, from the metric's timestamp, and env steps); the
 staleness the roles logged (the collector's policy age in agent updates, the rollouts' model age in
 env steps); the pacing they kept (agent updates per real transition at the end, the agent's share of
@@ -39,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from learning_curves import create_store, run_command, run_one
+from learning_curves import LAST, create_store, run_command, run_one
 
 ASYNC = "configs/mbpo_async.yaml"
 # Each variant: its config and the overrides that make it (the concurrent ones on top of --concurrent-args).
@@ -74,6 +75,7 @@ class Result(NamedTuple):
     model_age: float = float("nan")
     update_ratio: float = float("nan")
     wait_fraction: float = float("nan")
+    last_returns: float = float("nan")  # the mean of its last LAST evaluations: steadier than the final one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,8 +144,9 @@ def results(out: Path, target: float, unfinished: list[str] | None = None) -> di
         final = max(history, key=lambda entry: entry[1])[2]
         total = ((run.info.end_time or max(h[0] for h in history)) - run.info.start_time) / 1000
         area = mean_return([(step, value) for _, step, value in history])
+        last = [value for _, _, value in sorted(history, key=lambda entry: entry[1])[-LAST:]]
         logged = {name: summary_of(client.get_metric_history(run.info.run_id, key), how) for name, (key, how) in LOGGED.items()}
-        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **logged)
+        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **logged, last_returns=sum(last) / len(last))
     return found
 
 
@@ -206,6 +209,8 @@ def table(found: dict[str, dict[int, Result]], target: float) -> str:
         "final eval return per seed": lambda mode, runs: ", ".join(f"{found[mode][seed].final_return:.1f}" for seed in sorted(found[mode])),
         "final eval return": lambda mode, runs: mean_std([r.final_return for r in runs]),
         "final return / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "final_return"),
+        f"mean of the last {LAST} evaluations": lambda mode, runs: mean_std([r.last_returns for r in runs]),
+        f"last {LAST} / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "last_returns"),
         "area under the eval curve (mean return)": lambda mode, runs: mean_std([r.area for r in runs]),
         "area / sync's (same seeds)": lambda mode, runs: ratio_to_sync(found, mode, "area"),
         "collector's policy age (agent updates)": lambda mode, runs: mean_std(logged([r.policy_age for r in runs]), digits=2),

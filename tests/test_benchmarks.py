@@ -81,7 +81,7 @@ def test_the_ablation_reads_finished_runs_only_and_names_the_others(tmp_path):
     experiment = client.get_experiment_by_name("benchmark").experiment_id
     for name, status in [("sync-seed0", "FINISHED"), ("lockstep-seed0", "RUNNING"), ("lockstep-seed1", "KILLED")]:
         run_id = client.create_run(experiment, run_name=name).info.run_id
-        for step, value in [(1000, 100.0), (2000, 300.0)]:
+        for step, value in [(3000, 500.0), (1000, 100.0), (2000, 300.0), (4000, 700.0)]:  # out of step order
             client.log_metric(run_id, "eval/return_mean", value, step=step)
         if name == "sync-seed0":  # as a concurrent run logs its pacing: a running ratio, and waits
             for step, ratio, wait in [(1500, 4.8, 0.2), (2000, 4.9, 0.0)]:
@@ -92,21 +92,27 @@ def test_the_ablation_reads_finished_runs_only_and_names_the_others(tmp_path):
 
     unfinished = []
     found = results(tmp_path, 750.0, unfinished)
-    assert list(found) == ["sync"] and found["sync"][0].final_return == 300.0
+    assert list(found) == ["sync"] and found["sync"][0].final_return == 700.0
+    assert found["sync"][0].last_returns == 500.0  # (300 + 500 + 700) / 3: the last three by env steps
     assert found["sync"][0].update_ratio == 4.9 and found["sync"][0].wait_fraction == 0.1  # the last ratio, the mean wait
-    assert unfinished == ["lockstep seed 0 (RUNNING, evaluated to 2000 env steps)", "lockstep seed 1 (KILLED, evaluated to 2000 env steps)"]
+    assert unfinished == ["lockstep seed 0 (RUNNING, evaluated to 4000 env steps)", "lockstep seed 1 (KILLED, evaluated to 4000 env steps)"]
 
 
 def test_the_ablation_table_compares_each_variant_with_sync_on_the_seeds_both_ran():
     nan = float("nan")
     found = {
-        "sync": {0: Result(None, None, 800.0, 60.0, 700.0, nan, 0.0), 1: Result(30.0, 5000, 600.0, 60.0, 500.0, nan, 0.0)},
-        "lockstep": {0: Result(None, None, 780.0, 66.0, 665.0, 0.0, 0.0, 4.996, 0.25)},
+        "sync": {
+            0: Result(None, None, 800.0, 60.0, 700.0, nan, 0.0, last_returns=750.0),
+            1: Result(30.0, 5000, 600.0, 60.0, 500.0, nan, 0.0, last_returns=550.0),
+        },
+        "lockstep": {0: Result(None, None, 780.0, 66.0, 665.0, 0.0, 0.0, 4.996, 0.25, last_returns=720.0)},
     }
     rows = ablation_table(found, 750.0).splitlines()
     assert rows[0] == "| | sync | lockstep |"
     assert "| final return / sync's (same seeds) | 1.000 (n=2) | 0.975 (n=1) |" in rows  # 780 / 800, seed 0 only
     assert "| area / sync's (same seeds) | 1.000 (n=2) | 0.950 (n=1) |" in rows
+    assert "| mean of the last 3 evaluations | 650.0 ± 100.0 | 720.0 ± 0.0 |" in rows
+    assert "| last 3 / sync's (same seeds) | 1.000 (n=2) | 0.960 (n=1) |" in rows  # 720 / 750
     assert "| collector's policy age (agent updates) | – | 0.00 ± 0.00 |" in rows  # sync has no collector
     assert "| final eval return per seed | 800.0, 600.0 | 780.0 |" in rows
     assert "| updates per env step at the end (pacing) | – | 4.996 ± 0.000 |" in rows
