@@ -141,12 +141,13 @@ def results(out: Path, target: float, unfinished: list[str] | None = None) -> di
         if not history:
             continue
         seconds, steps = first_reaching(history, target, run.info.start_time)
-        final = max(history, key=lambda entry: entry[1])[2]
+        curve = sorted((step, value) for _, step, value in history)  # in env-step order
+        last = [value for _, value in curve[-LAST:]]
         total = ((run.info.end_time or max(h[0] for h in history)) - run.info.start_time) / 1000
-        area = mean_return([(step, value) for _, step, value in history])
-        last = [value for _, _, value in sorted(history, key=lambda entry: entry[1])[-LAST:]]
         logged = {name: summary_of(client.get_metric_history(run.info.run_id, key), how) for name, (key, how) in LOGGED.items()}
-        found.setdefault(mode, {})[int(seed)] = Result(seconds, steps, final, total, area, **logged, last_returns=sum(last) / len(last))
+        found.setdefault(mode, {})[int(seed)] = Result(
+            seconds, steps, curve[-1][1], total, mean_return(curve), **logged, last_returns=sum(last) / len(last)
+        )
     return found
 
 
