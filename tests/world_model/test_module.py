@@ -11,6 +11,7 @@ from nmbrl.envs import EnvSpecs
 from nmbrl.envs.termination import never_terminates
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.world_model import EnsembleWorldModel, Normalizer
+from nmbrl.world_model import module
 
 OBS_DIM, ACTION_DIM = 3, 2
 SPECS = EnvSpecs(observation_dim=OBS_DIM, action_spec=Bounded(-1, 1, shape=(ACTION_DIM,)))
@@ -186,6 +187,51 @@ def test_imagine_step_accepts_fewer_rows_than_elites():
     next_obs, reward, terminated, uncertainty = model.imagine_step(torch.randn(2, OBS_DIM), torch.zeros(2, ACTION_DIM))
 
     assert next_obs.shape == (2, OBS_DIM) and uncertainty.shape == (2, 1)
+
+
+# --- the training step against the whole objective ------------------------------------------
+
+
+def test_training_step_follows_the_gradient_of_the_whole_objective(system):
+    # The step leaves the weight decay out of the graph and adds its gradient afterwards. With
+    # SGD at lr 1 a step moves every parameter by exactly minus its gradient, so a twin stepped on
+    # autograd's gradient of `loss` (NLL, bound penalty, termination BCE and weight decay, all in
+    # one graph) must land on the same weights. Large decays make a missing or doubled decay term
+    # show; a learned termination head covers the BCE.
+    def sgd(params):
+        return torch.optim.SGD(params, lr=1.0)
+
+    torch.manual_seed(0)
+    model = make_model(weight_decays=[0.5, 1.0, 2.0], optimizer=sgd)
+    model.build(SPECS, termination_rule=None)
+    reference = copy.deepcopy(model)
+    reference.optimizer = sgd(reference.network.parameters())  # deepcopy's optimizer holds the original's parameters
+    data = system.transitions(64, seed=6)
+    inputs, targets, terminated = model.training_pairs(data)
+    batch = tuple(t.expand(4, -1, -1) for t in (inputs, targets, terminated))
+
+    model.training_step(batch)
+    loss, _ = reference.loss(*batch)
+    reference.optimizer.zero_grad()
+    loss.backward()
+    reference.optimizer.step()
+
+    for (name, param), (_, expected) in zip(model.network.named_parameters(), reference.network.named_parameters()):
+        torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_holdout_error_in_chunks_equals_one_pass(fitted, monkeypatch):
+    model, _, data = fitted
+    inputs, targets, terminated = model.training_pairs(data[:50])
+    x, y = model.input_norm.normalize(inputs), model.target_norm.normalize(targets)
+    with torch.no_grad():
+        mean, _, _ = model.network(x.expand(4, -1, -1))
+    one_pass = ((mean - y) ** 2).mean(dim=(1, 2))
+    monkeypatch.setattr(module, "VALIDATION_CHUNK", 7)  # 7 chunks of 7 rows and one of 1
+
+    in_chunks = model.validation_step((x, y, terminated))
+
+    torch.testing.assert_close(in_chunks, one_pass, rtol=1e-6, atol=1e-7)
 
 
 # --- elites -----------------------------------------------------------------------------------
