@@ -121,7 +121,7 @@ class CollectorProcess(Callback):
         self.next_publish_at = next_due(trainer.global_step, self.publish_every)
         self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s)
         self.process.start()
-        self.collection = RemoteCollection(shared.env_steps, self.pacing, self.process.check)
+        self.collection = RemoteCollection(shared.env_steps, self.agent_updates, self.pacing, self.process.check)
         self._since = (time.perf_counter(), 0.0)
 
     def make_role(self, trainer: Trainer, pl_module: LightningModule, shared: SharedRealData) -> CollectorRole:

@@ -51,12 +51,14 @@ class RemoteCollection:
 
     Args:
         env_steps: Env steps taken so far, counted by the collector.
+        agent_updates: The agent's updates so far, which the collector paces itself by.
         pacing: When the agent must wait for the collector.
         check_collector: Raises if the collector has stopped; called while waiting, so that a dead
             collector ends the run instead of hanging it.
     """
 
     env_steps: Synchronized
+    agent_updates: Synchronized
     pacing: Pacing
     check_collector: Callable[[], None]
     waited_s: float = 0.0
@@ -88,6 +90,10 @@ class PacedStream(StepStream):
     def __iter__(self) -> Iterator[TensorDictBase]:
         data, pacing, trainer = self.data, self.collection.pacing, self.data.trainer
         done = -(-trainer.global_step // data.updates_per_step)  # transitions trained on so far
+        # Tell the collector where the agent is before waiting for it. On resume the shared count was
+        # created in on_fit_start, before Lightning restored global_step, so it still reads 0: a
+        # collector at least max_lead past the exploration steps would wait for updates that wait for it.
+        self.collection.agent_updates.value = trainer.global_step
         for transition in range(done, (trainer.current_epoch + 1) * len(self)):
             data.env_steps = self.collection.wait_for_env_steps(pacing.env_steps_needed(transition * data.updates_per_step))
             yield data.sample_step_batches()

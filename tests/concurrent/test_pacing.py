@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+from types import SimpleNamespace
 
-from nmbrl.concurrent.pacing import Pacing
+import pytest
+
+from nmbrl.concurrent.pacing import Pacing, PacedStream, RemoteCollection
 
 
 def test_the_agent_needs_the_exploration_steps_then_one_step_per_updates_per_step_updates():
@@ -34,3 +38,31 @@ def test_agent_and_collector_never_wait_for_each_other_at_once():
 
 def test_update_ratio_counts_from_the_end_of_exploration():
     assert Pacing(random_steps=100, updates_per_step=5, max_lead=None).update_ratio(env_steps=120, updates=100) == 5.0
+
+
+def test_a_resumed_agent_tells_the_collector_its_update_count_before_waiting():
+    # Resuming: the shared update count is created before Lightning restores global_step, so it
+    # reads 0, while the restored env steps are past the exploration steps plus max_lead. The
+    # stream must announce the restored count before it waits, or the collector (played here by
+    # the wait loop's check, stepping whenever pacing allows) never moves and neither does the agent.
+    pacing = Pacing(random_steps=200, updates_per_step=1, max_lead=100)
+    env_steps, agent_updates = multiprocessing.Value("q", 301), multiprocessing.Value("q", 0)
+    stalls = []
+
+    def collector_turn() -> None:
+        if pacing.collector_may_step(env_steps.value, agent_updates.value):
+            env_steps.value += 1
+        elif len(stalls) > 100:
+            pytest.fail("the agent waits for env steps while the collector waits for agent updates")
+        else:
+            stalls.append(env_steps.value)
+
+    trainer = SimpleNamespace(global_step=101, current_epoch=1)
+    data = SimpleNamespace(
+        trainer=trainer, updates_per_step=1, epoch_length=100, env_steps=301,
+        transitions=lambda env_steps: env_steps, sample_step_batches=lambda: "batch",
+    )  # fmt: skip
+    stream = PacedStream(data, RemoteCollection(env_steps, agent_updates, pacing, collector_turn))
+
+    assert next(iter(stream)) == "batch"
+    assert agent_updates.value == 101 and data.env_steps == 302

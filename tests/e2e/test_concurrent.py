@@ -50,7 +50,12 @@ def group_alive(group: int) -> bool:
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hung run: kill its whole group, so that it does not outlive the test
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the run did not end within {timeout} s:\n{output[-3000:]}")
     time.sleep(0.5)  # the children's own exit, after the parent's
     assert not group_alive(process.pid), f"processes of the run are still alive:\n{output[-2000:]}"
     return output
