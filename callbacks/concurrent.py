@@ -96,6 +96,7 @@ class CollectorProcess(Callback):
         self.process: RoleProcess | None = None
         self.shared: SharedRealData | None = None
         self.collection: RemoteCollection | None = None
+        self.resumed_updates = 0  # the agent updates of the checkpoint resumed from
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_single_process(trainer)
@@ -108,17 +109,23 @@ class CollectorProcess(Callback):
         """The agent's batches, each waiting for the transition it follows (``RLDataModule.collect_elsewhere``)."""
         return PacedStream(data, self.collection)
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores global_step only after on_fit_start, where the shared update count and
+        # the first published policy are made: they take the restored count from here.
+        self.resumed_updates = checkpoint["global_step"]
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         data, shared = trainer.datamodule, self.shared
         shared.env_steps.value = data.env_steps  # nonzero when resuming
         self.pacing = Pacing(data.random_steps, data.updates_per_step, self.max_lead, data.action_repeat)
         # Lockstep publishes after each transition's updates, before the collector may take the next one.
         self.publish_every = data.updates_per_step if self.lockstep else self.publish_every
-        self.agent_updates = CONTEXT.Value("q", trainer.global_step)
+        updates = max(trainer.global_step, self.resumed_updates)
+        self.agent_updates = CONTEXT.Value("q", updates)
         self.policy_version = CONTEXT.Value("q", 0)
-        self.policy = SharedWeights(published_policy(pl_module))
-        self.policy.publish(published_policy(pl_module))
-        self.next_publish_at = next_due(trainer.global_step, self.publish_every)
+        self.policy = SharedWeights(published_policy(pl_module, updates))
+        self.policy.publish(published_policy(pl_module, updates))
+        self.next_publish_at = next_due(updates, self.publish_every)
         self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s)
         self.process.start()
         self.collection = RemoteCollection(shared.env_steps, self.agent_updates, self.pacing, self.process.check)
@@ -146,7 +153,7 @@ class CollectorProcess(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The policy first: the collector, seeing the new update count, may step at once and acts with the newest policy.
         if trainer.global_step >= self.next_publish_at:
-            self.policy.publish(published_policy(pl_module))
+            self.policy.publish(published_policy(pl_module, trainer.global_step))
             self.next_publish_at = next_due(trainer.global_step, self.publish_every)
         self.agent_updates.value = trainer.global_step
         self.process.check()
@@ -310,9 +317,9 @@ class WorldModelTrainingProcess(WorldModelTraining):
                 self.trained_on = state["trained_on"]
 
 
-def published_policy(pl_module: LightningModule) -> TensorDictBase:
+def published_policy(pl_module: LightningModule, agent_updates: int) -> TensorDictBase:
     """The policy weights as the collector receives them, stamped with the agent update they come from."""
-    return module_weights(pl_module.policy).set("agent_updates", torch.tensor(pl_module.global_step))
+    return module_weights(pl_module.policy).set("agent_updates", torch.tensor(agent_updates))
 
 
 def collector_process_of(trainer: Trainer) -> CollectorProcess:

@@ -25,3 +25,15 @@ class RecordSchedule(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         with open(os.path.join(os.environ["NMBRL_PROBE_DIR"], "schedule.json"), "w") as file:
             json.dump(self.rows, file)
+
+
+class RecordFirstPolicy(Callback):
+    """Writes, when training starts (before any batch has ended), the agent's update count and the
+    version and update stamp of the policy the collector was handed, to ``$NMBRL_PROBE_DIR/first_policy.json``."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        collection = next(c for c in trainer.callbacks if type(c).__name__ == "CollectorProcess")
+        version, weights = collection.policy.read()
+        record = {"global_step": trainer.global_step, "version": version, "stamp": int(weights["agent_updates"])}
+        with open(os.path.join(os.environ["NMBRL_PROBE_DIR"], "first_policy.json"), "w") as file:
+            json.dump(record, file)

@@ -31,7 +31,7 @@ ROLE_METRICS = {
 def start_cli(*args: str, store: Path) -> subprocess.Popen:
     """The CLI in its own process group, as a terminal runs it, so that every process it starts can be found."""
     command = [sys.executable, "cli.py", *args, *store_args(store)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).parent), "NMBRL_PROBE_DIR": str(store)}
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -105,9 +105,14 @@ def test_ctrl_c_stops_every_role_with_a_final_checkpoint_that_resumes(store: Pat
     assert saved["global_step"] >= 100  # at least the first epoch
     env_steps = saved["nmbrl"]["env_steps"]
 
-    resumed = start_cli(*ASYNC, "--trainer.max_epochs", "3", "--ckpt_path", "last", store=store)
+    probe = "--trainer.callbacks+=schedule_probe.RecordFirstPolicy"
+    resumed = start_cli(*ASYNC, "--trainer.max_epochs", "3", "--ckpt_path", "last", probe, store=store)
     output = finish(resumed)
     assert resumed.returncode == 0, output[-3000:]
+    # The collector was handed the resumed policy stamped with the resumed update count, so that its
+    # policy ages are right from the first step (not counted from 0).
+    first_policy = json.loads((store / "first_policy.json").read_text())
+    assert first_policy == {"global_step": saved["global_step"], "version": 1, "stamp": saved["global_step"]}
     assert "before the epoch ended" not in output  # Lightning's warning about loaders that cannot resume
     run = only_run(store)  # the same MLflow run, continued
     assert run.info.status == "FINISHED"
