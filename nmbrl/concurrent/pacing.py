@@ -90,9 +90,8 @@ class PacedStream(StepStream):
     def __iter__(self) -> Iterator[TensorDictBase]:
         data, pacing, trainer = self.data, self.collection.pacing, self.data.trainer
         done = -(-trainer.global_step // data.updates_per_step)  # transitions trained on so far
-        # Tell the collector where the agent is before waiting for it. Had the shared count been made
-        # with another figure (before Lightning restored global_step, it reads 0), a collector at
-        # least max_lead past the exploration steps would wait for updates that wait for it.
+        # The collector paces itself by this count: make it the agent's own before waiting. A count
+        # behind it would leave a collector max_lead past exploration waiting for updates that wait for it.
         self.collection.agent_updates.value = trainer.global_step
         for transition in range(done, (trainer.current_epoch + 1) * len(self)):
             data.env_steps = self.collection.wait_for_env_steps(pacing.env_steps_needed(transition * data.updates_per_step))

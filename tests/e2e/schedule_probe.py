@@ -7,6 +7,7 @@ import os
 
 from lightning.pytorch import Callback
 
+from callbacks.concurrent import collector_process_of
 from callbacks.model_training import model_training_of
 
 
@@ -32,8 +33,7 @@ class RecordFirstPolicy(Callback):
     version and update stamp of the policy the collector was handed, to ``$NMBRL_PROBE_DIR/first_policy.json``."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        collection = next(c for c in trainer.callbacks if type(c).__name__ == "CollectorProcess")
-        version, weights = collection.policy.read()
+        version, weights = collector_process_of(trainer).policy.read()
         record = {"global_step": trainer.global_step, "version": version, "stamp": int(weights["agent_updates"])}
         with open(os.path.join(os.environ["NMBRL_PROBE_DIR"], "first_policy.json"), "w") as file:
             json.dump(record, file)
