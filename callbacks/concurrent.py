@@ -66,7 +66,7 @@ class CollectorProcess(Callback):
             idle instead of stalling the agent's threads (``nmbrl.concurrent.cores``). ``lockstep``
             sets it to 0.
         log_every_s: Seconds between two writes of the collector's metrics.
-        stop_timeout_s: Seconds the collector gets to stop before it is terminated.
+        stop_timeout_s: Seconds the collector gets to stop before it is killed.
     """
 
     def __init__(
@@ -212,7 +212,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         world_model: The ensemble to train.
         every: New env steps needed before the next retraining starts.
         threads: Torch threads of the world-model process.
-        stop_timeout_s: Seconds the process gets to stop (it finishes its epoch) before it is terminated.
+        stop_timeout_s: Seconds the process gets to stop (it finishes its epoch) before it is killed.
     """
 
     lags_behind = True

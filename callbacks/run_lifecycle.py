@@ -1,4 +1,4 @@
-"""Run lifecycle: what makes a checkpoint resumable exactly, and a clean stop on Ctrl+C or divergence.
+"""Run lifecycle: what makes a checkpoint resumable exactly, and a clean stop on Ctrl+C, SIGTERM or divergence.
 
 Added to every run by the CLI (it is not a config choice): without it a checkpoint would lack
 the RNG states and the MLflow run it belongs to.
@@ -7,6 +7,7 @@ the RNG states and the MLflow run it belongs to.
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,23 @@ from nmbrl.interrupt import interrupt
 from nmbrl.tracking import EnvStepMLFlowLogger, run_dir
 
 # The exceptions that end fit with a final checkpoint: each is raised at a safe point, between updates.
-STOPPED_BY = {KeyboardInterrupt: "Ctrl+C", TrainingDiverged: "divergence", RoleFailed: "a failed role"}
+# So does KeyboardInterrupt, named by the signal that asked for it (``interrupt.reason``).
+STOPPED_BY = {TrainingDiverged: "divergence", RoleFailed: "a failed role"}
 
 
 class RunLifecycle(Callback):
-    """Saves RNG states and the run's identity in checkpoints; stops cleanly on Ctrl+C.
+    """Saves RNG states and the run's identity in checkpoints; stops cleanly on Ctrl+C and SIGTERM.
 
     - Checkpoints get an ``"nmbrl"`` record (MLflow run id and tracking URI, environment, sizes,
       env steps) that ``cli.py`` reads before resuming or testing, and the torch, numpy and
       Python RNG states, restored on resume.
     - ``test`` leaves the MLflow run's status as training left it.
-    - During ``fit`` the first Ctrl+C is deferred to the end of the current agent update (see
-      ``nmbrl.interrupt``); then, as after a divergence stop, a final checkpoint is written to
-      ``checkpoints/last.ckpt`` and the MLflow run ends as ``KILLED`` (``FAILED`` for divergence).
-      The CLI then exits with status 130, as a shell does for a command stopped by Ctrl+C.
+    - During ``fit`` the first Ctrl+C or SIGTERM is deferred to the end of the current env step's
+      agent updates (see ``nmbrl.interrupt``); then, as after a divergence stop, a final checkpoint
+      is written to ``checkpoints/last.ckpt`` and the MLflow run ends as ``KILLED`` (``FAILED`` for
+      divergence). The CLI then exits with status 130 (Ctrl+C) or 143 (SIGTERM), as a shell
+      reports a command stopped by that signal. Under DDP every rank stops after the same batch,
+      whichever ranks the signal reached.
       A failed concurrent-mode role (``RoleFailed``) gets the same final checkpoint; this callback
       comes after the role callbacks, so they have stopped their processes by then.
     """
@@ -49,8 +53,12 @@ class RunLifecycle(Callback):
         if stage == "fit":
             interrupt.uninstall()
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        interrupt.take_over()  # Lightning has set its own SIGTERM handler since setup
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        interrupt.raise_if_requested()
+        if stop_agreed(trainer):
+            raise KeyboardInterrupt
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_record(trainer)
@@ -63,8 +71,11 @@ class RunLifecycle(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
-            interrupt.stopped_run = True  # Lightning exits with status 1; the CLI makes it the shell's 130
-        stopped_by = next((name for kind, name in STOPPED_BY.items() if isinstance(exception, kind)), None)
+            # Lightning exits with status 1; the CLI makes it the shell's 130 or 143.
+            interrupt.stopped_by = interrupt.requested_by or signal.SIGINT
+            stopped_by = interrupt.reason
+        else:
+            stopped_by = next((name for kind, name in STOPPED_BY.items() if isinstance(exception, kind)), None)
         if stopped_by is None or trainer.state.fn != "fit":
             return
         path = final_checkpoint_path(trainer)
@@ -73,6 +84,25 @@ class RunLifecycle(Callback):
         rank_zero_info(f"Stopped by {stopped_by} at {trainer.datamodule.env_steps} env steps; checkpoint written to {path}.")
         if isinstance(exception, KeyboardInterrupt) and hasattr(trainer.logger, "end_status"):
             trainer.logger.end_status = "KILLED"
+
+
+def stop_agreed(trainer: Trainer) -> bool:
+    """Whether to stop after this batch: a signal asked for it here or, under DDP, on any rank.
+
+    Every DDP rank must stop after the same batch. ``kill`` reaches rank 0 alone, and even Ctrl+C
+    reaches the ranks at different points; a rank that stopped on its own would leave the others
+    waiting for it in the next collective forever. So the ranks decide from one all-reduce of
+    their requests, once per batch (only with several processes), and a signal that arrives after
+    it waits for the next batch.
+    """
+    if trainer.world_size == 1:
+        return interrupt.requested
+    strategy = trainer.strategy
+    signum = torch.tensor(int(interrupt.requested_by or 0), device=strategy.root_device)
+    agreed = int(strategy.reduce(signum, reduce_op="max"))
+    if agreed:
+        interrupt.request(agreed)
+    return bool(agreed)
 
 
 def checkpoint_record(trainer: Trainer) -> dict[str, Any]:

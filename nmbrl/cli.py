@@ -233,19 +233,19 @@ def experiment_id(logger: Namespace | None) -> str | None:
     return experiment.experiment_id
 
 
-# The exit status of a command stopped by Ctrl+C (128 + SIGINT), what shells and scripts expect.
-EXIT_CTRL_C = 130
+# A command stopped by a signal exits with 128 + its number (130 for Ctrl+C, 143 for SIGTERM), as shells report it.
+SIGNAL_EXIT_BASE = 128
 
 
 def run(args: list[str] | None = None) -> NMBRLCLI:
     """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
-    a stop by Ctrl+C (after its checkpoint) with status 130."""
-    interrupt.stopped_run = False  # this run's, not an earlier one's in the same process
+    a stop by Ctrl+C or SIGTERM (after its checkpoint) with status 130 or 143."""
+    interrupt.stopped_by = None  # this run's, not an earlier one's in the same process
     try:
         return NMBRLCLI(args=args)
     except SystemExit as exit_:
-        if exit_.code == 1 and interrupt.stopped_run:  # Lightning's sys.exit(1) after a KeyboardInterrupt
-            raise SystemExit(EXIT_CTRL_C) from None
+        if exit_.code == 1 and interrupt.stopped_by is not None:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+            raise SystemExit(SIGNAL_EXIT_BASE + interrupt.stopped_by) from None
         raise
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)

@@ -123,17 +123,23 @@ def test_torch_threads_default_to_the_idle_cores(tmp_path, restore_torch_threads
     assert torch.get_num_threads() == threads
 
 
-def test_only_a_ctrl_c_stop_turns_lightnings_exit_status_1_into_130(monkeypatch):
+def test_only_a_signal_stop_turns_lightnings_exit_status_1_into_the_shells_status_for_that_signal(monkeypatch):
+    import signal
+
     from nmbrl.interrupt import interrupt
 
-    def stopped_by_ctrl_c(args):
-        interrupt.stopped_run = True  # as RunLifecycle.on_exception marks it, before Lightning's sys.exit(1)
-        raise SystemExit(1)
+    def stopped_by(signum):
+        def fake(args):
+            interrupt.stopped_by = signum  # as RunLifecycle.on_exception marks it, before Lightning's sys.exit(1)
+            raise SystemExit(1)
+
+        return fake
 
     def exited_otherwise(args):
         raise SystemExit(1)
 
-    for fake, status in [(stopped_by_ctrl_c, 130), (exited_otherwise, 1)]:  # the second run does not inherit the first's stop
+    # The last run does not inherit the stop of the one before it.
+    for fake, status in [(stopped_by(signal.SIGINT), 130), (stopped_by(signal.SIGTERM), 143), (exited_otherwise, 1)]:
         monkeypatch.setattr(cli, "NMBRLCLI", fake)
         with pytest.raises(SystemExit) as exit_info:
             cli.run([])

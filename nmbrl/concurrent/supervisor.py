@@ -55,8 +55,10 @@ def role_seed(run_seed: int, name: str) -> int:
 
 def role_main(role: Role, seed: int, stop_event, errors, results) -> None:
     """Entry point of a role process: seed it, run the role, send back its result or its traceback."""
-    # Ctrl+C reaches the whole process group; the parent alone decides how the roles stop.
+    # Ctrl+C reaches the whole process group, and so does a SIGTERM sent to the group (a scheduler's
+    # stop); the parent alone decides how the roles stop (``stop``, or the role sees the parent gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed_everything(seed, verbose=False)
     torch.set_num_threads(role.threads)
     os.nice(role.nice)
@@ -72,7 +74,7 @@ class RoleProcess:
 
     Args:
         role: What the process runs; pickled into it, so everything it holds must be shareable.
-        stop_timeout_s: Seconds a stopping role gets to finish before it is terminated, then killed.
+        stop_timeout_s: Seconds a stopping role gets to finish before it is killed.
     """
 
     def __init__(self, role: Role, stop_timeout_s: float = 10.0) -> None:
@@ -111,7 +113,7 @@ class RoleProcess:
             return f"its process ended with exit code {self.process.exitcode} and left no traceback."
 
     def stop(self) -> Any:
-        """Ask the role to stop and wait for it; terminate it past the timeout. Returns its final result.
+        """Ask the role to stop and wait for it; kill it past the timeout. Returns its final result.
 
         Raises RoleFailed if the role ended with an error. Safe to call more than once.
         """
@@ -125,14 +127,11 @@ class RoleProcess:
             try:
                 result = self.results.get(timeout=self.stop_timeout_s)
             except queue.Empty:
-                rank_zero_warn(f"The {self.name} role did not stop within {self.stop_timeout_s} s; terminating it.")
+                rank_zero_warn(f"The {self.name} role did not stop within {self.stop_timeout_s} s; killing it.")
             else:  # it has returned and is exiting, which takes a few seconds on a loaded machine
                 self.process.join(timeout=max(deadline - time.monotonic(), 5.0))
         self.process.join(timeout=1.0)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=2.0)
-        if self.process.is_alive():
+        if self.process.is_alive():  # a role ignores SIGTERM (role_main): one that is stuck gets SIGKILL
             self.process.kill()
             self.process.join()
         if self.process.exitcode == 1:  # role_main's exit after an error

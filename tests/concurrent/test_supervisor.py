@@ -137,7 +137,7 @@ def test_a_failed_role_raises_its_own_traceback_in_the_parent():
         role.stop()
 
 
-def test_a_role_that_ignores_the_stop_signal_is_terminated():
+def test_a_role_that_ignores_the_stop_signal_is_killed():
     role = RoleProcess(Stubborn(), stop_timeout_s=0.5)
     role.start()
     wait_until(lambda: role.process.pid is not None and is_running(role.process.pid))
@@ -145,6 +145,30 @@ def test_a_role_that_ignores_the_stop_signal_is_terminated():
     role.stop()
     assert not role.process.is_alive()
     assert time.monotonic() - start < 10
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process ``pid`` ignores (``SigIgn`` in ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {signum for signum in range(1, 64) if mask >> (signum - 1) & 1}
+    return set()
+
+
+def test_signals_to_the_process_group_leave_the_stop_to_the_parent():
+    """Ctrl+C, or a scheduler's SIGTERM to the group, reaches the roles too: they keep running until stopped."""
+    role = RoleProcess(Waiter(), stop_timeout_s=30)
+    role.start()
+    try:
+        deferred = {signal.SIGINT, signal.SIGTERM}
+        wait_until(lambda: deferred <= ignored_signals(role.process.pid))  # role_main has set them up
+        for signum in deferred:
+            os.kill(role.process.pid, signum)
+        time.sleep(1.0)
+        role.check()  # still running: it would raise RoleFailed had a signal ended it
+    finally:
+        assert role.stop() == "stopped cleanly"
 
 
 def start_role_then_die(pids) -> None:

@@ -13,12 +13,28 @@ import torch
 from cli_runner import ROOT, store_args
 
 
-def start_cli(*args: str, store: Path, log: Path) -> subprocess.Popen:
-    """``python cli.py <args>`` in the background, stdout and stderr to ``log``."""
+def start_cli(*args: str, store: Path, log: Path, own_group: bool = False) -> subprocess.Popen:
+    """``python cli.py <args>`` in the background, stdout and stderr to ``log``.
+
+    With ``own_group`` it leads a process group of its own, as a command started from a terminal
+    does, so that ``os.killpg`` reaches it and every process it starts, as Ctrl+C would.
+    """
     command = [sys.executable, "cli.py", *args, *store_args(store)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=own_group)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The live processes whose command line contains ``text`` (a run's store: its CLI and every rank)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes() and "State:\tZ" not in (cmdline.parent / "status").read_text():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # it ended while we looked
+            pass
+    return found
 
 
 def wait_for(condition, timeout: float, process: subprocess.Popen, log: Path) -> None:

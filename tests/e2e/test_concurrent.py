@@ -119,6 +119,25 @@ def test_ctrl_c_stops_every_role_with_a_final_checkpoint_that_resumes(store: Pat
     assert run.data.metrics["env_steps"] > env_steps
 
 
+def test_sigterm_to_the_whole_group_stops_the_run_as_ctrl_c_does(store: Path) -> None:
+    """Slurm's scancel and systemd send SIGTERM to every process of a job: the roles leave the stop to the parent."""
+    process = start_cli(*ASYNC, "--trainer.max_epochs", "50", store=store)
+    for line in process.stdout:  # the first evaluation: every role is running
+        if line.startswith("epoch 0:"):
+            break
+    os.killpg(process.pid, signal.SIGTERM)
+    output = finish(process, timeout=60)
+    assert process.returncode == 143, output[-3000:]
+    assert "Stopped by SIGTERM" in output and "role failed" not in output, output[-3000:]
+    run = only_run(store)
+    assert run.info.status == "KILLED"
+    saved = torch.load(last_checkpoint(store, run), weights_only=False)
+    assert saved["global_step"] >= 100  # at least the first epoch
+    # The world-model role was still alive to hand over its final state (its optimizer's, which only it steps).
+    world_model = next(state for key, state in saved["callbacks"].items() if key.startswith("WorldModelTrainingProcess"))
+    assert world_model["optimizer"]["state"], "the world-model role died with the signal; its final state is lost"
+
+
 @pytest.mark.slow
 def test_a_failed_role_stops_the_run_with_its_error_and_a_checkpoint(store: Path) -> None:
     process = start_cli(*ASYNC, "--model_training", "faulty_roles.FailingWorldModelTrainingProcess", store=store)

@@ -1,11 +1,18 @@
-"""Two DDP processes on CPU: replicas stay identical, ranks collect different data, rank 0 logs."""
+"""Two DDP processes on CPU: replicas stay identical, ranks collect different data, rank 0 logs, a signal stops both."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 from pathlib import Path
 
+import pytest
 from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli
+from lifecycle_runner import checkpoints, load, processes_mentioning, start_cli, wait_for
+
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def test_two_process_ddp_keeps_replicas_identical(store: Path) -> None:
@@ -13,8 +20,7 @@ def test_two_process_ddp_keeps_replicas_identical(store: Path) -> None:
     probe.mkdir()
     result = run_cli(
         "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO,
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--trainer.callbacks+=ddp_probe.ReplicaDigest",
+        *DDP, "--trainer.callbacks+=ddp_probe.ReplicaDigest",
         store=store,
         extra_env={"NMBRL_PROBE_DIR": str(probe), "PYTHONPATH": str(ROOT / "tests" / "e2e")},
     )  # fmt: skip
@@ -30,3 +36,37 @@ def test_two_process_ddp_keeps_replicas_identical(store: Path) -> None:
     # Only rank 0 wrote to MLflow: one run, with the agent's metrics.
     run = only_run(store)
     assert "train/critic_loss" in run.data.metrics and "model/holdout_mse" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    "signum, whole_group, status",
+    [
+        (signal.SIGTERM, False, 143),  # `kill <pid>`: rank 0 alone gets it
+        (signal.SIGINT, False, 130),  # rank 0 alone: the others learn of it only from rank 0
+        (signal.SIGINT, True, 130),  # Ctrl+C in a terminal: every rank gets it, each at its own point
+    ],
+    ids=["sigterm-to-rank-0", "sigint-to-rank-0", "ctrl-c-to-every-rank"],
+)
+def test_a_signal_stops_every_rank_after_the_same_batch_with_a_final_checkpoint(
+    store: Path, signum: signal.Signals, whole_group: bool, status: int
+) -> None:
+    log = store / "log.txt"
+    process = start_cli("fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *DDP, "--trainer.max_epochs", "100",
+                        store=store, log=log, own_group=True)  # fmt: skip
+    try:
+        wait_for(lambda: "epoch 0:" in log.read_text(), timeout=300, process=process, log=log)
+        if whole_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        # A rank that stopped alone would leave the other waiting for it forever.
+        assert process.wait(timeout=120) == status, log.read_text()[-3000:]
+        output = log.read_text()
+        stopped = re.search(r"Stopped by (\S+) at (\d+) env steps", output)
+        assert stopped and stopped[1] == {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl+C"}[signum], output[-3000:]
+        assert load(checkpoints(store)[0])["nmbrl"]["env_steps"] == int(stopped[2])
+        assert only_run(store).info.status == "KILLED"
+        assert processes_mentioning(str(store)) == []  # no rank left behind
+    finally:
+        if processes_mentioning(str(store)):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -141,6 +142,24 @@ def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> Non
     assert "before the epoch ended" not in result.stdout + result.stderr
     run = only_run(store)
     assert run.info.status == "FINISHED" and run.data.metrics["env_steps"] > stopped_at
+
+
+def test_sigterm_stops_like_ctrl_c_with_a_final_checkpoint_and_status_143(store: Path) -> None:
+    """``kill``, ``timeout`` and job schedulers stop a run with SIGTERM: nothing may be lost to it either."""
+    log = store / "log.txt"
+    process = start_cli("fit", *PENDULUM, "--trainer.max_epochs", "100", store=store, log=log)
+    wait_for(lambda: "epoch 0:" in log.read_text(), timeout=300, process=process, log=log)
+    status, _ = send_and_wait(process, signal.SIGTERM)
+    output = log.read_text()
+    assert status == 143, output[-3000:]  # as a shell reports a command ended by SIGTERM
+    stopped = re.search(r"Stopped by SIGTERM at (\d+) env steps", output)
+    assert stopped and "Traceback" not in output, output[-3000:]
+    checkpoint = load(checkpoints(store)[0])
+    assert checkpoint["nmbrl"]["env_steps"] == int(stopped[1])  # the final checkpoint, where it stopped
+    assert buffer_length(checkpoint, "real_buffer") == checkpoint["nmbrl"]["env_steps"]
+    run = only_run(store)
+    assert run.info.status == "KILLED"
+    assert len(run.outputs.model_outputs) == 1  # the policy, logged on the way out
 
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store: Path) -> None:
