@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from mlflow import MlflowClient
 
 from callbacks import (
@@ -123,7 +124,11 @@ class NMBRLCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (MisconfigurationException, ValueError) as error:
+            # Lightning checks its flags as it builds the Trainer: a bad one is a bad setting, said in one line.
+            raise ConfigError(f"trainer: {error}") from error
 
 
 def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:

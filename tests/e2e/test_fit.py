@@ -114,6 +114,8 @@ def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
         (["--rollouts.schedule", "[20, 10, 1, 5]"], "schedule=[20, 10, 1, 5]"),
         (["--rollouts.schedule", "[20, 100, 1]"], "schedule=[20, 100, 1]"),
         (["--torch_threads", "0"], "torch_threads=0"),
+        (["--trainer.max_epochs", "-3"], "trainer: `max_epochs` must be a non-negative integer or -1"),
+        (["--trainer.strategy", "nosuch"], "trainer: You selected an invalid strategy name: `strategy='nosuch'`"),
     ],
 )
 def test_bad_input_fails_fast_with_one_message(store: Path, capsys, override: list[str], message: str) -> None:
