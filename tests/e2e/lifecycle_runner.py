@@ -25,16 +25,16 @@ def start_cli(*args: str, store: Path, log: Path, own_group: bool = False) -> su
         return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=own_group)
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """The live processes whose command line contains ``text`` (a run's store: its CLI and every rank)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def group_alive(group: int) -> bool:
+    """Whether any process of the group is still running (zombies excluded)."""
+    for status in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if text.encode() in cmdline.read_bytes() and "State:\tZ" not in (cmdline.parent / "status").read_text():
-                found.append(int(cmdline.parent.name))
-        except OSError:  # it ended while we looked
-            pass
-    return found
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def wait_for(condition, timeout: float, process: subprocess.Popen, log: Path) -> None:

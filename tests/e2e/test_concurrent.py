@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import torch
 from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli, store_args
+from lifecycle_runner import group_alive
 
 ASYNC = ["fit", "--config", "configs/mbpo_async.yaml", *TINY, *TINY_MBPO, "--collection.log_every_s", "1"]
 ROLE_METRICS = {
@@ -35,18 +36,6 @@ def start_cli(*args: str, store: Path) -> subprocess.Popen:
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-
-
-def group_alive(group: int) -> bool:
-    """Whether any process of the group is still running (zombies excluded)."""
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
