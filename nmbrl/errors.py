@@ -1,5 +1,9 @@
 """Exception types: bad user input, and training that cannot go on."""
 
+from collections.abc import Callable, Iterable
+
+import torch
+
 
 class ConfigError(ValueError):
     """A setting is invalid. The message names the value, what was expected and the fix.
@@ -14,6 +18,20 @@ def check_at_least_one(**settings: int) -> None:
     for name, value in settings.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be at least 1.")
+
+
+def check_optimizer(factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None) -> None:
+    """ConfigError if the optimizer ``factory`` (a config's ``optimizer``) rejects its settings.
+
+    The factory is tried on one placeholder parameter, so a bad learning rate or beta stops the
+    run when the config is read, not after the environment and the networks are built.
+    """
+    if factory is None:
+        return
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ConfigError(f"optimizer: {error}") from error
 
 
 class TrainingDiverged(RuntimeError):

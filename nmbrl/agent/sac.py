@@ -21,7 +21,7 @@ from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
 from nmbrl.checkpoints import CHECKPOINT_KEY
 from nmbrl.envs import EnvSpecs, env_specs, make_env
-from nmbrl.errors import ConfigError, check_at_least_one
+from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
 from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now
 
@@ -81,6 +81,7 @@ class SACAgent(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_sac_settings(hidden_sizes, gamma, tau, target_entropy, init_alpha)
         if max_loss_ratio <= 1:
             raise ConfigError(f"max_loss_ratio={max_loss_ratio} must be above 1: it is how many times its running average a loss may reach.")
         check_at_least_one(divergence_patience=divergence_patience)
@@ -89,6 +90,7 @@ class SACAgent(LightningModule):
         if compile:
             check_compiler()
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        check_optimizer(optimizer)
         self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.loss_module: SACLoss | None = None
@@ -236,6 +238,20 @@ class SACAgent(LightningModule):
         episode_return = float(episode["next", "reward"].sum())
         self.test_results.append((episode_return, episode.shape[0] * data.action_repeat, seed))  # env steps
         self.log("test/return_mean", episode_return, on_epoch=True, batch_size=1)
+
+
+def check_sac_settings(hidden_sizes: list[int], gamma: float, tau: float, target_entropy: float | str, init_alpha: float) -> None:
+    """ConfigError naming the first SAC setting out of its range, before anything is built."""
+    if any(width < 1 for width in hidden_sizes):
+        raise ConfigError(f"hidden_sizes={list(hidden_sizes)}: every hidden layer needs at least 1 unit.")
+    if not 0.0 <= gamma <= 1.0:
+        raise ConfigError(f"gamma={gamma} must lie in [0, 1]: it is the discount factor.")
+    if not 0.0 < tau <= 1.0:
+        raise ConfigError(f"tau={tau} must lie in (0, 1]: the target critics move this far towards the critics after each update (0 would never move them).")
+    if isinstance(target_entropy, str) and target_entropy != "auto":
+        raise ConfigError(f"target_entropy={target_entropy!r} must be a number or 'auto' (minus the action size).")
+    if not init_alpha > 0:
+        raise ConfigError(f"init_alpha={init_alpha} must be above 0: alpha is learned as its logarithm.")
 
 
 def checkpoint_specs(checkpoint: dict) -> EnvSpecs:

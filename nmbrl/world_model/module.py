@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from nmbrl.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from nmbrl.envs import EnvSpecs, env_specs, make_env
 from nmbrl.envs import termination  # its termination_rule would be shadowed by build's argument
-from nmbrl.errors import ConfigError, TrainingDiverged
+from nmbrl.errors import ConfigError, TrainingDiverged, check_at_least_one, check_optimizer
 from nmbrl.world_model.ensemble import GaussianEnsemble
 from nmbrl.world_model.normalizer import Normalizer
 
@@ -70,6 +70,21 @@ class EnsembleWorldModel(LightningModule):
         optimizer: OptimizerCallable | None = None,
     ) -> None:
         super().__init__()
+        check_at_least_one(
+            ensemble_size=ensemble_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            batch_size=batch_size,
+            max_holdout=max_holdout,
+            patience=patience,
+        )
+        if max_epochs is not None and max_epochs < 1:
+            raise ConfigError(f"max_epochs={max_epochs} must be at least 1, or null to train until early stopping.")
+        for name, value in (("logvar_bound_penalty", logvar_bound_penalty), ("min_improvement", min_improvement)):
+            if not value >= 0:
+                raise ConfigError(f"{name}={value} must not be negative.")
+        if not all(decay >= 0 for decay in weight_decays):
+            raise ConfigError(f"weight_decays={list(weight_decays)}: every weight decay must be at least 0.")
         if not 1 <= num_elites <= ensemble_size:
             raise ConfigError(
                 f"num_elites={num_elites} with ensemble_size={ensemble_size}: the elites are chosen among "
@@ -83,6 +98,7 @@ class EnsembleWorldModel(LightningModule):
         if not 0.0 < holdout_ratio < 1.0:
             raise ConfigError(f"holdout_ratio={holdout_ratio} must lie strictly between 0 and 1.")
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        check_optimizer(optimizer)
         self.optimizer_factory = optimizer
         self.automatic_optimization = False
         self.network: GaussianEnsemble | None = None

@@ -186,6 +186,35 @@ def test_the_averaged_policy_moves_tau_of_the_way_towards_the_actor_per_update()
     assert not torch.equal(average, actor)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hidden_sizes": [256, 0]}, r"hidden_sizes=\[256, 0\]"),
+        ({"hidden_sizes": [-1]}, r"hidden_sizes=\[-1\]"),
+        ({"gamma": 1.5}, "gamma=1.5"),
+        ({"gamma": -0.1}, "gamma=-0.1"),
+        ({"gamma": float("nan")}, "gamma=nan"),
+        ({"tau": 0.0}, "tau=0.0"),
+        ({"tau": 1.5}, "tau=1.5"),
+        ({"target_entropy": "foo"}, "target_entropy='foo'"),
+        ({"init_alpha": 0.0}, "init_alpha=0.0"),
+        ({"init_alpha": -1.0}, "init_alpha=-1.0"),
+        ({"optimizer": lambda params: torch.optim.Adam(params, lr=-1)}, "optimizer: Invalid learning rate: -1"),
+        ({"optimizer": lambda params: torch.optim.Adam(params, betas=(0.9, 1.5))}, "optimizer: Invalid beta parameter"),
+    ],
+)
+def test_sac_settings_out_of_range_are_config_errors(settings, message):
+    # Before these checks: tracebacks after the env was built (hidden sizes, init_alpha, the
+    # optimizer), or a run that went on with target critics that never move (tau=0).
+    with pytest.raises(ConfigError, match=message):
+        SACAgent(**settings)
+
+
+@pytest.mark.parametrize("settings", [{"gamma": 0.0}, {"gamma": 1.0}, {"tau": 1.0}, {"target_entropy": -2.0}, {"hidden_sizes": []}])
+def test_sac_settings_at_the_edges_of_their_ranges_are_accepted(settings):
+    assert SACAgent(**settings).hparams.items() >= settings.items()
+
+
 @pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
 def test_an_averaged_policy_rate_outside_0_1_is_a_config_error(tau):
     with pytest.raises(ConfigError, match=f"averaged_policy_tau={tau}"):

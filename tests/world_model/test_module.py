@@ -114,6 +114,29 @@ def test_more_elites_than_members_is_a_config_error():
         EnsembleWorldModel(ensemble_size=7, num_elites=8)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hidden_size": 0}, "hidden_size=0"),
+        ({"num_hidden_layers": 0, "weight_decays": [1e-4]}, "num_hidden_layers=0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"max_holdout": 0}, "max_holdout=0"),
+        ({"patience": 0}, "patience=0"),
+        ({"max_epochs": 0}, "max_epochs=0"),
+        ({"max_epochs": -1}, "max_epochs=-1"),
+        ({"min_improvement": -0.01}, "min_improvement=-0.01"),
+        ({"logvar_bound_penalty": -1.0}, "logvar_bound_penalty=-1.0"),
+        ({"weight_decays": [1e-4, -1e-4, 1e-4, 1e-4, 1e-4]}, "weight_decays="),
+        ({"optimizer": lambda params: torch.optim.Adam(params, lr=-1)}, "optimizer: Invalid learning rate: -1"),
+    ],
+)
+def test_training_settings_out_of_range_are_config_errors(settings, message):
+    # Before these checks, patience=0 or max_epochs=0 trained no epoch at all and imagined with
+    # an untrained model, and a zero size failed with a traceback after the env was built.
+    with pytest.raises(ConfigError, match=message):
+        EnsembleWorldModel(**settings)
+
+
 def test_one_weight_decay_per_layer_is_required():
     with pytest.raises(ConfigError, match="weight_decays has 2 values"):
         EnsembleWorldModel(num_hidden_layers=4, weight_decays=[1e-4, 1e-4])
