@@ -32,7 +32,8 @@ class RunLifecycle(Callback):
     - Checkpoints get an ``"nmbrl"`` record (MLflow run id and tracking URI, environment, sizes,
       env steps) that ``cli.py`` reads before resuming or testing, and the torch, numpy and
       Python RNG states, restored on resume.
-    - ``test`` leaves the MLflow run's status as training left it.
+    - ``test`` leaves the MLflow run's status as training left it. Ctrl+C or SIGTERM stops it at
+      once, and the CLI exits with status 130 or 143.
     - During ``fit`` the first Ctrl+C or SIGTERM is deferred to the end of the current env step's
       agent updates (see ``nmbrl.interrupt``); then, as after a divergence stop, a final checkpoint
       is written to ``checkpoints/last.ckpt`` and the MLflow run ends as ``KILLED`` (``FAILED`` for
@@ -50,11 +51,15 @@ class RunLifecycle(Callback):
             trainer.logger.keep_status = True  # testing a checkpoint leaves its run's status alone
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            interrupt.uninstall()
+        interrupt.uninstall()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         interrupt.take_over()  # Lightning has set its own SIGTERM handler since setup
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Testing keeps no state to write whole: a signal stops it at once. Lightning's own SIGTERM
+        # handler (set since setup) would only print a line and let testing run to the end, exit status 0.
+        interrupt.install(deferred=False)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if stop_agreed(trainer):

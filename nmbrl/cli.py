@@ -90,6 +90,11 @@ class NMBRLCLI(LightningCLI):
             **kwargs,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``test``: the agent has no validation or prediction step for ``validate`` or ``predict``."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "test")}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--torch_threads", type=Union[int, Literal["auto"]], default="auto", help=TORCH_THREADS_HELP)
         parser.link_arguments("seed_everything", "data.seed")

@@ -29,6 +29,7 @@ class GracefulInterrupt:
 
     def __init__(self) -> None:
         self.requested_by: signal.Signals | None = None  # the first signal since install()
+        self.deferred = True  # False: the first signal interrupts at once
         # The signal that ended fit or test: the CLI then exits with status 128 + it (130, 143), as a shell reports it.
         self.stopped_by: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -42,11 +43,16 @@ class GracefulInterrupt:
         """What asked for the stop, in the user's words: "Ctrl+C" or "SIGTERM"."""
         return NAMES[self.requested_by or signal.SIGINT]
 
-    def install(self) -> None:
-        """Defer both signals from now on, with no stop pending."""
+    def install(self, deferred: bool = True) -> None:
+        """Handle both signals from now on, with no stop pending.
+
+        ``deferred=False`` is for work with no state to keep whole (``cli.py test``): the first
+        signal raises ``KeyboardInterrupt`` at once, still remembered as the one that stopped it.
+        """
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         self.requested_by = None
+        self.deferred = deferred
         self.take_over()
 
     def take_over(self) -> None:
@@ -72,7 +78,8 @@ class GracefulInterrupt:
             self.requested_by = signal.Signals(signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+        if self.requested or not self.deferred:
+            self.request(signum)
             raise KeyboardInterrupt
         self.request(signum)
         if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP, Ctrl+C reaches every rank: say it once

@@ -144,3 +144,12 @@ def test_only_a_signal_stop_turns_lightnings_exit_status_1_into_the_shells_statu
         with pytest.raises(SystemExit) as exit_info:
             cli.run([])
         assert exit_info.value.code == status
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_only_fit_and_test_are_offered(subcommand, capsys):
+    # The agent has no validation or prediction step: Lightning would fail with a traceback after loading everything.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run([subcommand, "--config", str(ROOT / "configs/mbpo.yaml")])
+    assert exit_info.value.code == 2
+    assert f"invalid choice: '{subcommand}' (choose from 'fit', 'test')" in capsys.readouterr().err

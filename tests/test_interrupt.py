@@ -29,6 +29,21 @@ def test_first_signal_is_deferred_to_the_safe_point_second_is_immediate(signum, 
     assert {s: signal.getsignal(s) for s in previous} == previous
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_without_deferral_the_first_signal_interrupts_at_once_and_is_remembered(signum) -> None:
+    interrupt = GracefulInterrupt()
+    interrupt.install(deferred=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+        assert interrupt.requested_by == signum  # the CLI's exit status comes from it
+        interrupt.install()  # the next install defers again
+        os.kill(os.getpid(), signum)
+        assert interrupt.requested_by == signum
+    finally:
+        interrupt.uninstall()
+
+
 def test_take_over_reclaims_sigterm_from_a_later_handler_and_keeps_a_pending_stop() -> None:
     """Lightning sets its own SIGTERM handler after setup; training start gives it back to the deferred one."""
     interrupt = GracefulInterrupt()

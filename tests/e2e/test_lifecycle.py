@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -88,6 +89,26 @@ def test_test_command_prints_returns_and_logs_a_video(trained: Path) -> None:
     artifacts = {a.path for a in client(trained).list_artifacts(run.info.run_id, "test")}
     assert artifacts == {"test/test_returns.csv", f"test/{videos[0].name}"}
     assert only_run(trained).info.status == "FINISHED"  # testing left the training status alone
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_test_command_at_once_with_the_shells_status(trained: Path, tmp_path: Path, sig, status) -> None:
+    """Before: SIGTERM only printed Lightning's "Received SIGTERM" and testing ran on to the end, status 0."""
+    log = tmp_path / "log.txt"
+    config = run_folder(trained) / "config.yaml"
+    # Episodes enough for hours: only the signal can end it within the test's time.
+    process = start_cli("test", "--config", str(config), "--ckpt_path", "last", "--data.test_episodes", "100000", store=trained, log=log)
+    wait_for(lambda: "Loaded model weights" in log.read_text(), timeout=300, process=process, log=log)
+    time.sleep(2)  # into the episodes
+    try:
+        stopped, seconds = send_and_wait(process, sig, timeout=60)
+    finally:
+        process.kill()
+    output = log.read_text()
+    assert stopped == status, output[-3000:]
+    assert "Received SIGTERM" not in output and "Traceback" not in output, output[-3000:]
+    assert only_run(trained).info.status == "FINISHED"  # the training run's status, as training left it
+    print(f"stopped {seconds:.1f} s after the signal")
 
 
 def test_fit_saves_the_eval_curve(trained: Path) -> None:
