@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any, Literal, Union
 
 import torch
@@ -251,6 +253,7 @@ def run(args: list[str] | None = None) -> NMBRLCLI:
     """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
     a stop by Ctrl+C or SIGTERM (after its checkpoint) with status 130 or 143."""
     interrupt.stopped_by = None  # this run's, not an earlier one's in the same process
+    quiet_upstream_notices()
     try:
         return NMBRLCLI(args=args)
     except SystemExit as exit_:
@@ -276,6 +279,22 @@ def run(args: list[str] | None = None) -> NMBRLCLI:
             raise
         print(f"error: {config_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class DropLightningTips(logging.Filter):
+    """Leaves out Lightning's "💡 Tip" lines: on every run, an advertisement for its cloud logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_upstream_notices() -> None:
+    """Keep the terminal to what concerns the run: no notices a user can do nothing about."""
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, DropLightningTips) for f in lightning_info.filters):
+        lightning_info.addFilter(DropLightningTips())
+    # Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per run, with its source line.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def set_torch_threads(threads: int) -> None:

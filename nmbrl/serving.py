@@ -12,6 +12,7 @@ False})`` samples actions instead.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -83,8 +84,14 @@ def log_policy_model(
             torch.save(agent_checkpoint(agent, record), path)
             # start_run's exit marks the run FINISHED; the logger sets its real end status after this.
             # Quiet: MLflow warns about type hints, input examples and pickling on every call; the
-            # model is a class pickled by reference (it imports nmbrl.serving).
-            with mlflow.start_run(run_id=run_id), warnings.catch_warnings(), quiet_logger("mlflow.pyfunc"):
+            # model is a class pickled by reference (it imports nmbrl.serving). And it copies the
+            # model's few small files back with progress bars ("Downloading artifacts") on every run.
+            with (
+                mlflow.start_run(run_id=run_id),
+                warnings.catch_warnings(),
+                quiet_logger("mlflow.pyfunc"),
+                environment_variable("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+            ):
                 warnings.simplefilter("ignore", UserWarning)
                 info = mlflow.pyfunc.log_model(
                     name=POLICY_MODEL_NAME,
@@ -98,6 +105,20 @@ def log_policy_model(
     finally:
         mlflow.set_tracking_uri(previous_uri)
     return info.model_uri
+
+
+@contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` while inside; as it was after."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 @contextmanager
