@@ -57,19 +57,45 @@ def dm_control_tasks() -> list[str]:
 
 
 def check_env_name(name: str) -> None:
-    """Raise ConfigError unless ``name`` names an installed gymnasium or dm_control task.
+    """Raise ConfigError unless ``name`` names an installed gymnasium or dm_control task with continuous actions.
 
-    Only registries are read: no environment is built.
+    dm_control's registry is read (all its tasks have continuous actions). A gymnasium env is made,
+    neither reset nor stepped, to read its spaces: at most about 0.1 s.
     """
     if is_gym_id(name):
         import gymnasium
 
-        if name in gymnasium.envs.registry:
-            return
-        raise ConfigError(f"env={name!r}: no gymnasium environment has this id. {NAMING_HELP}")
+        if name not in gymnasium.envs.registry:
+            raise ConfigError(f"env={name!r}: no gymnasium environment has this id. {NAMING_HELP}")
+        check_gym_spaces(name)
+        return
     if name in dm_control_tasks():
         return
     raise ConfigError(f"env={name!r} is not a known environment. {NAMING_HELP}")
+
+
+def check_gym_spaces(name: str) -> None:
+    """ConfigError unless gymnasium env ``name`` can be made and has flat continuous (Box) observations and actions."""
+    import gymnasium
+    from gymnasium.spaces import Box
+
+    try:
+        env = gymnasium.make(name)
+    except gymnasium.error.DependencyNotInstalled as error:
+        raise ConfigError(f"env={name!r} needs a package that is not installed: {error}") from error
+    try:
+        observation, action = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(action, Box):
+        raise ConfigError(
+            f"env={name!r} has {type(action).__name__} actions; SAC and MBPO here need continuous (Box) actions, "
+            "as in 'Pendulum-v1', 'MountainCarContinuous-v0' or the MuJoCo tasks ('Hopper-v5')."
+        )
+    if not isinstance(observation, Box) or len(observation.shape) != 1:
+        raise ConfigError(
+            f"env={name!r} has {observation} observations; the networks here need a flat vector (a 1-d Box)."
+        )
 
 
 def make_env(

@@ -115,6 +115,7 @@ def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
     [
         (["--data.env", "Hoper-v5"], "'Hopper-v5'"),
         (["--data.env", "cartpole-swingupp"], "'cartpole-swingup'"),
+        (["--data.env", "CartPole-v1"], "env='CartPole-v1' has Discrete actions"),
         (["--data.real_ratio", "1.5"], "real_ratio=1.5"),
         (["--model_training.world_model.init_args.num_elites", "9"], "num_elites=9"),
         (["--rollouts.schedule", "[20, 10, 1, 5]"], "schedule=[20, 10, 1, 5]"),
