@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from e2e.cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar, TQDMProgressBar
 
+from callbacks.run_lifecycle import reopen_cut_epoch
 from nmbrl.cli import NMBRLCLI
 from nmbrl.cli import run as cli_run
 from nmbrl.tracking import EnvStepMLFlowLogger
@@ -136,3 +138,37 @@ def test_max_steps_stops_after_the_env_step_that_reaches_it_without_checkpoints(
     assert cli.trainer.checkpoint_callback is None
     assert not list(store.glob("runs/**/*.ckpt"))
     assert only_run(store).info.status == "FINISHED"
+
+
+def test_a_run_cut_by_max_steps_resumes_inside_the_cut_epoch_and_reaches_its_budget(store: Path) -> None:
+    # 1 update per env step: 250 updates end at env step 450, half way through epoch 2 (400 to 500).
+    fit = ["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.max_epochs", "3", "--torch_threads", "1", *store_args(store)]
+    cut = cli_run([*fit, "--trainer.max_steps", "250"])
+    assert (cut.datamodule.env_steps, cut.trainer.current_epoch) == (450, 3)  # Lightning counts the cut epoch as done
+
+    # Before: the resumed run began at epoch 3, which max_epochs=3 does not run, and stopped at once at 450.
+    resumed = cli_run([*fit, "--ckpt_path", "last"])
+    assert resumed.datamodule.env_steps == 200 + 3 * 100  # random_steps + max_epochs * epoch_length
+    assert resumed.trainer.global_step == 300
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and run.data.metrics["env_steps"] == 500
+
+
+@pytest.mark.parametrize(
+    ("progress", "env_steps", "reopened"),
+    [
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, 450, True),  # epoch 2 cut at 450 of 500
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, 500, False),  # epoch 2 whole
+        ({"ready": 3, "started": 3, "processed": 2, "completed": 2}, 450, False),  # from inside epoch 2 (Ctrl+C)
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 3}, 500, False),  # after the epoch ended
+    ],
+)
+def test_only_a_checkpoint_of_an_epoch_cut_short_is_reopened(progress, env_steps, reopened) -> None:
+    checkpoint = {
+        "loops": {"fit_loop": {"epoch_progress": {"total": dict(progress), "current": dict(progress)}}},
+        "nmbrl": {"env_steps": env_steps},
+    }
+    data = SimpleNamespace(random_steps=200, epoch_length=100)
+    assert reopen_cut_epoch(checkpoint, data) is reopened
+    expected = progress["processed"] - reopened
+    assert [checkpoint["loops"]["fit_loop"]["epoch_progress"][k]["processed"] for k in ("total", "current")] == [expected] * 2
