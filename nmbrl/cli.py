@@ -222,6 +222,7 @@ def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> Non
     env.close()
     check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim, config.data.action_repeat)
     config.ckpt_path = str(info.path)
+    quiet_resume_notices()
     if logger is not None and info.run_id is not None:
         if info.tracking_uri is not None and info.tracking_uri != logger.tracking_uri:
             raise ConfigError(
@@ -295,6 +296,14 @@ def quiet_upstream_notices() -> None:
         lightning_info.addFilter(DropLightningTips())
     # Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per run, with its source line.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def quiet_resume_notices() -> None:
+    """Lightning's warnings on every resume that are not the user's concern: the run writes into its
+    own checkpoint folder again, and a run once given ``--trainer.max_time`` has its Timer's state
+    in the checkpoint, resumed or not."""
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, .* the following callbacks: \['Timer'\]")
 
 
 def set_torch_threads(threads: int) -> None:
