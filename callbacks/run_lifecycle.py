@@ -70,8 +70,8 @@ class RunLifecycle(Callback):
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         # Before Lightning restores its loops from the same dict.
-        if trainer.state.fn == "fit" and trainer.datamodule is not None:
-            reopen_cut_epoch(checkpoint, trainer.datamodule)
+        if trainer.state.fn == "fit":
+            reopen_cut_epoch(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
@@ -133,24 +133,23 @@ def checkpoint_record(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def reopen_cut_epoch(checkpoint: dict[str, Any], data: Any) -> bool:
+def reopen_cut_epoch(checkpoint: dict[str, Any]) -> bool:
     """Resume an epoch that ``--trainer.max_steps`` or ``--trainer.max_time`` cut short inside it, not after it.
 
     Lightning ends such an epoch with its epoch-end hooks, and the checkpoint they write counts it
-    as processed: a run resumed from it would start the next epoch, and end one epoch's env steps
-    short of the budget (``random_steps + max_epochs * epoch_length``). When the checkpoint's env
-    steps fall short of its epoch's end, its epoch progress is set back to "not processed", as a
-    checkpoint from inside the epoch (Ctrl+C) has it, so the resumed run finishes that epoch first.
-    Returns whether it did.
+    as processed: a run resumed from it would start the next epoch, and end one epoch short of the
+    budget (``random_steps + max_epochs * epoch_length`` env steps). When the checkpoint was
+    written after the epoch-end hooks but before the epoch's last batch, its epoch progress is set
+    back to "not processed", as a checkpoint from inside the epoch (Ctrl+C) has it, so the resumed
+    run finishes that epoch first. Returns whether it did.
     """
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
-    record = checkpoint.get(CHECKPOINT_KEY)
-    if progress is None or record is None:
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if progress is None or batches is None:
         return False
     total, current = progress["total"], progress["current"]
     after_epoch_end_hooks = total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
-    epoch = current["processed"] - 1
-    if not after_epoch_end_hooks or record["env_steps"] >= data.random_steps + (epoch + 1) * data.epoch_length:
+    if not after_epoch_end_hooks or batches["is_last_batch"]:
         return False
     total["processed"] -= 1
     current["processed"] -= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -155,20 +154,17 @@ def test_a_run_cut_by_max_steps_resumes_inside_the_cut_epoch_and_reaches_its_bud
 
 
 @pytest.mark.parametrize(
-    ("progress", "env_steps", "reopened"),
+    ("progress", "last_batch", "reopened"),
     [
-        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, 450, True),  # epoch 2 cut at 450 of 500
-        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, 500, False),  # epoch 2 whole
-        ({"ready": 3, "started": 3, "processed": 2, "completed": 2}, 450, False),  # from inside epoch 2 (Ctrl+C)
-        ({"ready": 3, "started": 3, "processed": 3, "completed": 3}, 500, False),  # after the epoch ended
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, False, True),  # epoch 2 cut short
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 2}, True, False),  # epoch 2 whole
+        ({"ready": 3, "started": 3, "processed": 2, "completed": 2}, False, False),  # from inside epoch 2 (Ctrl+C)
+        ({"ready": 3, "started": 3, "processed": 3, "completed": 3}, True, False),  # after the epoch ended
     ],
 )
-def test_only_a_checkpoint_of_an_epoch_cut_short_is_reopened(progress, env_steps, reopened) -> None:
-    checkpoint = {
-        "loops": {"fit_loop": {"epoch_progress": {"total": dict(progress), "current": dict(progress)}}},
-        "nmbrl": {"env_steps": env_steps},
-    }
-    data = SimpleNamespace(random_steps=200, epoch_length=100)
-    assert reopen_cut_epoch(checkpoint, data) is reopened
+def test_only_a_checkpoint_of_an_epoch_cut_short_is_reopened(progress, last_batch, reopened) -> None:
+    fit_loop = {"epoch_progress": {"total": dict(progress), "current": dict(progress)}, "epoch_loop.batch_progress": {"is_last_batch": last_batch}}
+    checkpoint = {"loops": {"fit_loop": fit_loop}}
+    assert reopen_cut_epoch(checkpoint) is reopened
     expected = progress["processed"] - reopened
-    assert [checkpoint["loops"]["fit_loop"]["epoch_progress"][k]["processed"] for k in ("total", "current")] == [expected] * 2
+    assert [fit_loop["epoch_progress"][k]["processed"] for k in ("total", "current")] == [expected] * 2
