@@ -101,8 +101,12 @@ def gather_transitions(strategy: Strategy, data: TensorDictBase) -> TensorDictBa
         return data
 
     def gather(tensor: torch.Tensor) -> torch.Tensor:
-        gathered = strategy.all_gather(tensor.to(torch.float32) if tensor.dtype == torch.bool else tensor)
-        return gathered.flatten(0, 1).to(tensor.dtype)
+        # torch.distributed's own all_gather: Lightning's strategy.all_gather goes through the autograd
+        # version (torch.distributed.nn), which torch 2.13 deprecates with a warning on every rank.
+        sent = (tensor.to(torch.float32) if tensor.dtype == torch.bool else tensor).contiguous()
+        parts = [torch.empty_like(sent) for _ in range(strategy.world_size)]
+        torch.distributed.all_gather(parts, sent)
+        return torch.cat(parts).to(tensor.dtype)
 
     return data.apply(gather, batch_size=[strategy.world_size * data.shape[0]])
 

@@ -296,6 +296,10 @@ def quiet_upstream_notices() -> None:
         lightning_info.addFilter(DropLightningTips())
     # Lightning 2.6 calls a pytree API that torch 2.13 deprecates, once per run, with its source line.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # DDP, on every rank: the critics' output weights (2 x 1 x 256) get gradients whose stride differs
+    # from the bucket's only along the size-1 dimension. The reducer copies those 512 numbers into
+    # its bucket, as it does for every gradient unless gradient_as_bucket_view is set.
+    warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
 
 
 def quiet_resume_notices() -> None:
