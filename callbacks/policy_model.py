@@ -15,7 +15,8 @@ class PolicyModelLogging(Callback):
 
     It shows under the run's "Logged models" and loads with
     ``mlflow.pyfunc.load_model("runs:/<run id>/policy")``. Logged when ``fit`` ends, and when
-    Ctrl+C stops it (beside the final checkpoint). Nothing is logged without an MLflow logger.
+    Ctrl+C stops it (beside the final checkpoint), unless a resumed run made no agent update since
+    its checkpoint. Nothing is logged without an MLflow logger.
 
     Args:
         registered_model_name: Also register the model in the MLflow model registry under this
@@ -26,6 +27,10 @@ class PolicyModelLogging(Callback):
     def __init__(self, registered_model_name: str | None = None, enabled: bool = True) -> None:
         self.registered_model_name = registered_model_name
         self.enabled = enabled
+        self.resumed_at: int | None = None  # the update count of the checkpoint this fit resumed from
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        self.resumed_at = checkpoint.get("global_step")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.log_model(trainer, pl_module)
@@ -40,6 +45,10 @@ class PolicyModelLogging(Callback):
             return
         if getattr(pl_module, "loss_module", None) is None:
             return  # stopped before the networks were built: nothing to log
+        if self.resumed_at == trainer.global_step:
+            # E.g. a finished run resumed with the same budget: the policy logged when it stopped stands.
+            rank_zero_info("no agent update since the checkpoint: the policy is not logged again.")
+            return
         try:
             uri = log_policy_model(
                 pl_module, checkpoint_record(trainer), logger.experiment.tracking_uri, logger.run_id, self.registered_model_name

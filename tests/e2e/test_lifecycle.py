@@ -111,6 +111,17 @@ def test_a_signal_stops_the_test_command_at_once_with_the_shells_status(trained:
     print(f"stopped {seconds:.1f} s after the signal")
 
 
+def test_resuming_a_finished_run_with_its_budget_trains_nothing_and_logs_no_second_policy(trained: Path) -> None:
+    before = only_run(trained)
+    result = run_cli("fit", *PENDULUM, "--ckpt_path", "last", store=trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no agent update since the checkpoint: the policy is not logged again." in result.stdout + result.stderr
+    after = only_run(trained)
+    assert len(before.outputs.model_outputs) >= 1
+    assert len(after.outputs.model_outputs) == len(before.outputs.model_outputs)  # before: one more, the same policy
+    assert after.info.status == "FINISHED"
+
+
 def test_fit_saves_the_eval_curve(trained: Path) -> None:
     run = only_run(trained)
     folder = trained / "runs" / run.info.experiment_id / run.info.run_id
