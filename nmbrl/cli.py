@@ -151,7 +151,13 @@ def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callb
 
 
 def check_trainer_flags(trainer: Namespace) -> None:
-    """ConfigError for Trainer flags that would break the env-step accounting of an epoch."""
+    """ConfigError for Trainer flags that would break the env-step accounting of an epoch, or the networks' dtype."""
+    precision = str(trainer.get("precision"))
+    if (precision.endswith("-true") and precision != "32-true") or precision == "64":  # "64": Lightning's alias of 64-true
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not supported: it casts the networks, but the environments, "
+            "buffers and world model give float32 data. Use 32-true (the default) or a mixed precision (bf16-mixed)."
+        )
     limit = trainer.get("limit_train_batches")
     if limit is not None and not (isinstance(limit, float) and limit == 1.0):
         raise ConfigError(

@@ -106,6 +106,22 @@ def test_collection_flags_on_the_concurrent_config_are_taken(store: Path) -> Non
     assert [c.max_lead for c in cli.trainer.callbacks if type(c).__name__ == "CollectorProcess"] == [10]
 
 
+@pytest.mark.parametrize("precision", ["64", "64-true", "16-true"])
+def test_a_precision_that_casts_the_networks_is_refused_with_one_error_line(store: Path, capsys, precision: str) -> None:
+    # Before: a traceback at the first env step ("mat1 and mat2 must have the same dtype").
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.precision", precision, *store_args(store)])
+
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"trainer.precision={precision!r} is not supported" in errors[0], errors
+
+
+@pytest.mark.parametrize("precision", ["32-true", "32", "bf16-mixed"])
+def test_float32_and_mixed_precisions_are_accepted(store: Path, precision: str) -> None:
+    assert build_fit(store, "sac.yaml", "--trainer.precision", precision).trainer.precision in (precision, "32-true")
+
+
 def test_limit_train_batches_of_a_whole_epoch_is_accepted(store: Path) -> None:
     cli = build_fit(store, "sac.yaml", "--trainer.limit_train_batches", "1.0")
 
