@@ -109,6 +109,11 @@ class NMBRLCLI(LightningCLI):
         # Runs right after parsing, before Lightning loads ``ckpt_path`` for its hyperparameters:
         # the place to check where the run writes and which checkpoint it continues.
         subcommand = self.config.get("subcommand")
+        if subcommand == "test" and not self.config.test.get("ckpt_path"):
+            raise ConfigError(
+                "cli.py test needs --ckpt_path: 'last' (the newest last.ckpt of the config's experiment) or a checkpoint "
+                "file. Without it the agent would be a new, untrained one."
+            )
         if subcommand:
             check_run_targets(self.config[subcommand])
         super()._parse_ckpt_path()

@@ -153,3 +153,11 @@ def test_only_fit_and_test_are_offered(subcommand, capsys):
         cli.run([subcommand, "--config", str(ROOT / "configs/mbpo.yaml")])
     assert exit_info.value.code == 2
     assert f"invalid choice: '{subcommand}' (choose from 'fit', 'test')" in capsys.readouterr().err
+
+
+def test_the_test_command_without_a_checkpoint_is_refused(capsys):
+    # Before: it tested a new, untrained agent and printed its returns as if they meant something.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["test", "--config", str(ROOT / "configs/mbpo.yaml")])
+    assert exit_info.value.code == 2
+    assert "error: cli.py test needs --ckpt_path" in capsys.readouterr().err
