@@ -34,11 +34,12 @@ from callbacks import (
 from nmbrl.agent import SACAgent
 from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
 from nmbrl.concurrent.cores import available_cores
-from nmbrl.data import RLDataModule
+from nmbrl.data import RLDataModule, model_buffer_capacity
 from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.interrupt import interrupt
-from nmbrl.preflight import check_tracking_uri, check_writable_folder
+from nmbrl.preflight import check_buffer_room, check_tracking_uri, check_writable_folder, transition_bytes
+from nmbrl.rollouts import rollout_horizon
 from nmbrl.tracking import SaveConfigToRun, sqlite_store_lock
 
 TORCH_THREADS_HELP = (
@@ -136,11 +137,45 @@ class NMBRLCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if self.subcommand == "fit":
+            check_buffers_fit(self.datamodule, next((c for c in callbacks if isinstance(c, BranchedRollouts)), None), config)
         try:
             return super()._instantiate_trainer(config, callbacks)
         except (MisconfigurationException, ValueError) as error:
             # Lightning checks its flags as it builds the Trainer: a bad one is a bad setting, said in one line.
             raise ConfigError(f"trainer: {error}") from error
+
+
+def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, trainer: dict[str, Any]) -> None:
+    """ConfigError unless the real and model buffers, as large as this run makes them, fit the machine now.
+
+    The budget bounds both: the real buffer holds at most the run's transitions, and the model
+    buffer's capacity follows the rollout horizon of the run's last epoch. With no epoch limit
+    (``max_epochs`` -1), the buffers' full sizes count.
+    """
+    env = make_env(data.env_name, seed=0)
+    specs = env_specs(env)
+    env.close()
+    per_transition = transition_bytes(specs.observation_dim, specs.action_dim)
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is None:
+        max_epochs = -1 if (trainer.get("max_steps") or -1) != -1 else 1000  # Lightning's defaults
+    real = data.buffer_size
+    if max_epochs >= 0:
+        real = min(real, data.transitions(data.random_steps + max_epochs * data.epoch_length))
+    model = 0
+    if rollouts is not None:
+        epochs = range(max_epochs) if max_epochs >= 0 else [rollouts.schedule[1]]  # horizons stop changing there
+        horizon = max((rollout_horizon(epoch, rollouts.schedule) for epoch in epochs), default=0)
+        model = model_buffer_capacity(horizon, rollouts.batch_size, data.epoch_length, rollouts.every, rollouts.retain_epochs)
+    check_buffer_room(
+        real * per_transition,
+        model * per_transition,
+        data.model_buffer_dir,
+        trainer_processes(trainer.get("devices", "auto")),
+        "Lower --rollouts.batch_size or --rollouts.retain_epochs, keep the imagined data on a disk with "
+        "--data.model_buffer_dir, or lower --data.buffer_size.",
+    )
 
 
 def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -18,9 +19,7 @@ def check_writable_folder(folder: str | Path, what: str, flag: str) -> None:
 
     Probes the folder, or its nearest existing parent, with a temporary file; creates nothing.
     """
-    existing = Path(folder).absolute()
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(Path(folder))
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, f"{existing} is a file")
@@ -62,3 +61,58 @@ def check_server(uri: str, timeout_s: float) -> None:
             f"--backend-store-uri {DEFAULT_TRACKING_URI} --port 5000`), fix the address, or log locally with "
             f"--trainer.logger.init_args.tracking_uri {DEFAULT_TRACKING_URI}."
         ) from None
+
+
+def transition_bytes(observation_dim: int, action_dim: int) -> int:
+    """Bytes of one stored transition (``TRANSITION_KEYS``): float32 observation, action, next
+    observation and reward, and the done and terminated flags."""
+    return 4 * (2 * observation_dim + action_dim + 1) + 2
+
+
+def check_buffer_room(
+    real_bytes: int, model_bytes: int, model_buffer_dir: str | None, processes: int, fixes: str
+) -> None:
+    """ConfigError unless the replay buffers, at the largest this run makes them, fit in the memory
+    (and for a memory-mapped model buffer, the disk) available now.
+
+    The buffers fill over hours. A run that outgrows the machine would be killed then, for memory
+    or with SIGBUS on a full disk under a memory-mapped buffer, and lose what it trained since its
+    last checkpoint. ``processes`` training processes (DDP ranks) each hold their own buffers.
+    """
+    in_memory = processes * (real_bytes + (model_bytes if model_buffer_dir is None else 0))
+    available = available_memory()
+    if available is not None and in_memory > available:
+        raise ConfigError(
+            f"the replay buffers would grow to {gigabytes(in_memory)} of memory in this run, but {gigabytes(available)} "
+            f"is available. {fixes}"
+        )
+    if model_buffer_dir is not None:
+        free = shutil.disk_usage(nearest_existing(Path(model_buffer_dir))).free
+        if processes * model_bytes > free:
+            raise ConfigError(
+                f"the memory-mapped model buffer would grow to {gigabytes(processes * model_bytes)} in "
+                f"model_buffer_dir={model_buffer_dir!r}, but its disk has {gigabytes(free)} free. {fixes}"
+            )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new allocations (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"

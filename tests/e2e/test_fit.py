@@ -125,6 +125,7 @@ def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
         (["--model.optimizer.init_args.lr", "-1"], "optimizer: Invalid learning rate: -1.0"),
         (["--model_training.world_model.init_args.patience", "0"], "patience=0 must be at least 1"),
         (["--trainer.max_epochs", "-3"], "trainer: `max_epochs` must be a non-negative integer or -1"),
+        (["--data.buffer_size", "100000000000", "--trainer.max_epochs", "-1", "--trainer.max_steps", "10"], "the replay buffers would grow to 5000.0 GB"),
         (["--trainer.precision", "bf16-true"], "trainer.precision='bf16-true' is not supported"),
         (["--trainer.strategy", "nosuch"], "trainer: You selected an invalid strategy name: `strategy='nosuch'`"),
     ],
