@@ -190,8 +190,27 @@ def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callb
     return listed
 
 
+SHORT_RUN = "--trainer.max_epochs 2 --data.random_steps 250 --data.epoch_length 250"
+# Trainer flags that do not fit this loop, with why and what to use instead.
+UNSUPPORTED_TRAINER_FLAGS = {
+    "fast_dev_run": (
+        "a batch here is one env step, so one batch would not be a run of every phase. For a quick run that "
+        f"retrains, rolls out and evaluates, shorten the budget: {SHORT_RUN}."
+    ),
+    "overfit_batches": "a batch here is one env step, and repeating a few would stop the env steps. Leave it unset.",
+    "gradient_clip_val": "the SAC agent steps its own optimizer (manual optimization), which Lightning cannot clip. Leave it unset.",
+    "accumulate_grad_batches": "the SAC agent steps its own optimizer once per update (manual optimization). Leave it unset.",
+}
+
+
 def check_trainer_flags(trainer: Namespace) -> None:
-    """ConfigError for Trainer flags that would break the env-step accounting of an epoch, or the networks' dtype."""
+    """ConfigError for Trainer flags that would break the env-step accounting of an epoch, the agent's
+    own optimizer steps, or the networks' dtype."""
+    defaults = {"fast_dev_run": False, "overfit_batches": 0.0, "gradient_clip_val": None, "accumulate_grad_batches": 1}
+    for flag, why in UNSUPPORTED_TRAINER_FLAGS.items():
+        value = trainer.get(flag)
+        if value is not None and value != defaults[flag]:
+            raise ConfigError(f"trainer.{flag}={value} is not supported: {why}")
     precision = str(trainer.get("precision"))
     if (precision.endswith("-true") and precision != "32-true") or precision == "64":  # "64": Lightning's alias of 64-true
         raise ConfigError(

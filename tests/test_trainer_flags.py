@@ -106,6 +106,32 @@ def test_collection_flags_on_the_concurrent_config_are_taken(store: Path) -> Non
     assert [c.max_lead for c in cli.trainer.callbacks if type(c).__name__ == "CollectorProcess"] == [10]
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        # Before: a traceback once fit started (clipping, accumulation), a pickling error writing the
+        # first checkpoint (fast_dev_run), or an epoch of one env step (overfit_batches).
+        ("gradient_clip_val", "1.0", "manual optimization"),
+        ("accumulate_grad_batches", "2", "manual optimization"),
+        ("overfit_batches", "1", "repeating a few would stop the env steps"),
+        ("fast_dev_run", "true", "--trainer.max_epochs 2 --data.random_steps 250 --data.epoch_length 250"),
+    ],
+)
+def test_trainer_flags_that_do_not_fit_the_loop_are_refused_with_one_error_line(store: Path, capsys, flag, value, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", "configs/sac.yaml", *TINY, f"--trainer.{flag}", value, *store_args(store)])
+
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"trainer.{flag}=" in errors[0] and message in errors[0], errors
+    assert not (store / "runs").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("accumulate_grad_batches", "1"), ("overfit_batches", "0"), ("fast_dev_run", "false")])
+def test_those_flags_at_their_defaults_are_accepted(store: Path, flag: str, value: str) -> None:
+    assert build_fit(store, "sac.yaml", f"--trainer.{flag}", value).trainer is not None
+
+
 @pytest.mark.parametrize("precision", ["64", "64-true", "16-true"])
 def test_a_precision_that_casts_the_networks_is_refused_with_one_error_line(store: Path, capsys, precision: str) -> None:
     # Before: a traceback at the first env step ("mat1 and mat2 must have the same dtype").
