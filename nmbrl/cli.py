@@ -165,7 +165,7 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
         real = min(real, data.transitions(data.random_steps + max_epochs * data.epoch_length))
     model = 0
     if rollouts is not None:
-        epochs = range(max_epochs) if max_epochs >= 0 else [rollouts.schedule[1]]  # horizons stop changing there
+        epochs = range(max_epochs) if max_epochs >= 0 else (0, rollouts.schedule[1])  # horizons change between these
         horizon = max((rollout_horizon(epoch, rollouts.schedule) for epoch in epochs), default=0)
         model = model_buffer_capacity(horizon, rollouts.batch_size, data.epoch_length, rollouts.every, rollouts.retain_epochs)
     check_buffer_room(
