@@ -9,6 +9,7 @@ from typing import Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torchrl.envs import EnvBase
 
 from nmbrl.envs import make_env
@@ -113,8 +114,15 @@ class Evaluation(Callback):
         pl_module.print(returns_table(results))
         files = [write_returns_csv(results, folder / "test_returns.csv")]
         if self.video != "none":
-            files.append(self.record_video(trainer, pl_module, folder))
-            pl_module.print(f"video: {files[-1]}")
+            try:
+                files.append(self.record_video(trainer, pl_module, folder))
+                pl_module.print(f"video: {files[-1]}")
+            except Exception as error:  # the video is a bonus: the returns above are still written and logged
+                # A message, not a warning, which would also print this source line.
+                rank_zero_info(
+                    f"no video: {trainer.datamodule.env_name} could not be rendered here ({type(error).__name__}: {error}). "
+                    "Pass --evaluation.video none to skip it."
+                )
         logger = trainer.logger
         if isinstance(logger, MLFlowLogger):
             for path in files:

@@ -122,6 +122,19 @@ def test_resuming_a_finished_run_with_its_budget_trains_nothing_and_logs_no_seco
     assert after.info.status == "FINISHED"
 
 
+def test_an_env_that_cannot_render_still_gets_its_test_returns(store: Path) -> None:
+    # Pendulum-v1 takes no frame size (and renders through pygame): before, the test command failed
+    # with a traceback after its episodes, and wrote no returns to the run folder or MLflow.
+    pendulum = ["--config", "configs/sac.yaml", "--data.env", "Pendulum-v1", *TINY]
+    assert run_cli("fit", *pendulum, store=store).returncode == 0
+    result = run_cli("test", *pendulum, "--ckpt_path", "last", "--data.test_episodes", "2", store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no video: Pendulum-v1 could not be rendered here" in result.stdout + result.stderr
+    assert "| mean ± std |" in result.stdout and "Traceback" not in result.stderr
+    run = only_run(store)
+    assert {a.path for a in client(store).list_artifacts(run.info.run_id, "test")} == {"test/test_returns.csv"}
+
+
 def test_fit_saves_the_eval_curve(trained: Path) -> None:
     run = only_run(trained)
     folder = trained / "runs" / run.info.experiment_id / run.info.run_id
