@@ -35,6 +35,7 @@ from nmbrl.agent import SACAgent
 from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
 from nmbrl.concurrent.cores import available_cores
 from nmbrl.data import RLDataModule, model_buffer_capacity
+from nmbrl.data.scratch import remove_orphaned_scratch_folders
 from nmbrl.envs import env_specs, make_env
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.interrupt import interrupt
@@ -156,6 +157,9 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
     env = make_env(data.env_name, seed=0)
     specs = env_specs(env)
     env.close()
+    if data.model_buffer_dir is not None and os.path.isdir(data.model_buffer_dir):
+        # What the run's first rollout would do anyway: a killed run's scratch files count as free disk.
+        remove_orphaned_scratch_folders(data.model_buffer_dir)
     per_transition = transition_bytes(specs.observation_dim, specs.action_dim)
     max_epochs = trainer.get("max_epochs")
     if max_epochs is None:

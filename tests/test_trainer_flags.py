@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -210,3 +213,15 @@ def test_only_a_checkpoint_of_an_epoch_cut_short_is_reopened(progress, last_batc
     assert reopen_cut_epoch(checkpoint) is reopened
     expected = progress["processed"] - reopened
     assert [fit_loop["epoch_progress"][k]["processed"] for k in ("total", "current")] == [expected] * 2
+
+
+def test_a_killed_runs_scratch_files_are_cleared_before_the_disk_check(store: Path, tmp_path: Path) -> None:
+    # They would count as used disk against the model buffer of the run that resumes it.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / "scratch" / f"model_buffer_{socket.gethostname()}_pid{int(finished.stdout)}_rank0_abc"
+    orphan.mkdir(parents=True)
+    (orphan / "observation.memmap").write_bytes(b"0" * 1000)
+
+    build_fit(store, "mbpo.yaml", "--data.model_buffer_dir", str(tmp_path / "scratch"))
+
+    assert not orphan.exists() and (tmp_path / "scratch").exists()
