@@ -30,7 +30,7 @@ from nmbrl.data import RLDataModule
 from nmbrl.errors import ConfigError, RoleFailed, check_at_least_one
 from nmbrl.interrupt import interrupt
 from nmbrl.schedule import next_due
-from nmbrl.tracking import RoleLogger, log_now, mlflow_run_of
+from nmbrl.tracking import RoleLogger, log_now, logging_due, mlflow_run_of
 from nmbrl.world_model import EnsembleWorldModel
 
 
@@ -157,7 +157,7 @@ class CollectorProcess(Callback):
             self.next_publish_at = next_due(trainer.global_step, self.publish_every)
         self.agent_updates.value = trainer.global_step
         self.process.check()
-        if batch_idx % trainer.log_every_n_steps == 0:  # batches are transitions, as EnvStepMonitor counts them
+        if logging_due(batch_idx, trainer):  # batches are transitions, as EnvStepMonitor counts them
             self.log_agent_side(trainer)
 
     def log_agent_side(self, trainer: Trainer) -> None:
@@ -261,7 +261,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         self.take_newest_model()
         self.process.check()
         threads = self.lending.apply()
-        if batch_idx % trainer.log_every_n_steps == 0:  # batches are transitions, as EnvStepMonitor counts them
+        if logging_due(batch_idx, trainer):  # batches are transitions, as EnvStepMonitor counts them
             log_now(
                 trainer,
                 {

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from nmbrl.tracking import log_now
+from nmbrl.tracking import log_now, logging_due
 
 
 class EnvStepMonitor(Callback):
@@ -24,7 +24,7 @@ class EnvStepMonitor(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         data = trainer.datamodule
         last_of_epoch = batch_idx == trainer.num_training_batches - 1  # the bar then matches the evaluation's count
-        if batch_idx % trainer.log_every_n_steps == 0 or last_of_epoch:
+        if logging_due(batch_idx, trainer) or last_of_epoch:
             pl_module.log("env_steps", float(data.env_steps), prog_bar=True, logger=False)
         if self._since is None:
             self._since = (time.perf_counter(), data.env_steps, trainer.global_step)

@@ -215,6 +215,8 @@ def check_trainer_flags(trainer: Namespace) -> None:
         value = trainer.get(flag)
         if value is not None and value != defaults[flag]:
             raise ConfigError(f"trainer.{flag}={value} is not supported: {why}")
+    if (trainer.get("log_every_n_steps") or 0) < 0:
+        raise ConfigError(f"trainer.log_every_n_steps={trainer.get('log_every_n_steps')} must be at least 0 (0: no per-step metrics).")
     precision = str(trainer.get("precision"))
     if (precision.endswith("-true") and precision != "32-true") or precision == "64":  # "64": Lightning's alias of 64-true
         raise ConfigError(

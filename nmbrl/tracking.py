@@ -126,6 +126,12 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(trainer.default_root_dir) / str(logger.name) / str(logger.version)
 
 
+def logging_due(count: int, trainer: Trainer) -> bool:
+    """Whether update or batch ``count`` logs: every ``log_every_n_steps``, and never for 0, as Lightning reads it."""
+    every = trainer.log_every_n_steps
+    return every > 0 and count % every == 0
+
+
 def log_now(trainer: Trainer, metrics: dict[str, float]) -> None:
     """Write ``metrics`` to every logger at once, tagged with the current env step.
 

@@ -225,3 +225,17 @@ def test_a_killed_runs_scratch_files_are_cleared_before_the_disk_check(store: Pa
     build_fit(store, "mbpo.yaml", "--data.model_buffer_dir", str(tmp_path / "scratch"))
 
     assert not orphan.exists() and (tmp_path / "scratch").exists()
+
+
+def test_log_every_n_steps_0_logs_no_per_step_metrics_as_lightning_reads_it(store: Path) -> None:
+    # Before: ZeroDivisionError at the first update (the agent's own logging took a modulo by it).
+    cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.log_every_n_steps", "0", "--torch_threads", "1", *store_args(store)])
+    metrics = only_run(store).data.metrics
+    assert "train/critic_loss" not in metrics and "eval/return_mean" in metrics
+
+
+def test_a_negative_log_every_n_steps_is_refused(store: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.log_every_n_steps", "-1", *store_args(store)])
+    assert exit_info.value.code == 2
+    assert "error: trainer.log_every_n_steps=-1 must be at least 0" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from nmbrl.checkpoints import CHECKPOINT_KEY
 from nmbrl.envs import EnvSpecs, env_specs, make_env
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
 from nmbrl.evaluation import run_episode
-from nmbrl.tracking import log_now
+from nmbrl.tracking import log_now, logging_due
 
 # What inductor looks for to build its CPU kernels (torch._inductor.cpp_builder), $CXX first.
 CXX_CANDIDATES = ("g++", "clang++", "c++")
@@ -189,7 +189,7 @@ class SACAgent(LightningModule):
             return
         self.step(losses, self.optimizers(), self.manual_backward)
         self.guard.accept(checked)
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        if logging_due(self.global_step, self.trainer):
             # Logged directly: LightningModule.log costs ~1.5 ms a call, as much as a tenth of an update.
             log_now(
                 self.trainer,
