@@ -36,7 +36,7 @@ from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_chec
 from nmbrl.concurrent.cores import available_cores
 from nmbrl.data import RLDataModule, model_buffer_capacity
 from nmbrl.data.scratch import remove_orphaned_scratch_folders
-from nmbrl.envs import env_specs, make_env
+from nmbrl.envs import env_specs_of
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.interrupt import interrupt
 from nmbrl.preflight import check_buffer_room, check_tracking_uri, check_writable_folder, transition_bytes
@@ -154,9 +154,7 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
     buffer's capacity follows the rollout horizon of the run's last epoch. With no epoch limit
     (``max_epochs`` -1), the buffers' full sizes count.
     """
-    env = make_env(data.env_name, seed=0)
-    specs = env_specs(env)
-    env.close()
+    specs = env_specs_of(data.env_name)
     if data.model_buffer_dir is not None and os.path.isdir(data.model_buffer_dir):
         # What the run's first rollout would do anyway: a killed run's scratch files count as free disk.
         remove_orphaned_scratch_folders(data.model_buffer_dir)
@@ -195,25 +193,25 @@ def without_switched_off_callbacks(trainer_config: dict[str, Any]) -> list[Callb
 
 
 SHORT_RUN = "--trainer.max_epochs 2 --data.random_steps 250 --data.epoch_length 250"
-# Trainer flags that do not fit this loop, with why and what to use instead.
+# Trainer flags that do not fit this loop: the one value allowed (Lightning's default), and why.
 UNSUPPORTED_TRAINER_FLAGS = {
     "fast_dev_run": (
+        False,
         "a batch here is one env step, so one batch would not be a run of every phase. For a quick run that "
-        f"retrains, rolls out and evaluates, shorten the budget: {SHORT_RUN}."
+        f"retrains, rolls out and evaluates, shorten the budget: {SHORT_RUN}.",
     ),
-    "overfit_batches": "a batch here is one env step, and repeating a few would stop the env steps. Leave it unset.",
-    "gradient_clip_val": "the SAC agent steps its own optimizer (manual optimization), which Lightning cannot clip. Leave it unset.",
-    "accumulate_grad_batches": "the SAC agent steps its own optimizer once per update (manual optimization). Leave it unset.",
+    "overfit_batches": (0.0, "a batch here is one env step, and repeating a few would stop the env steps. Leave it unset."),
+    "gradient_clip_val": (None, "the SAC agent steps its own optimizer (manual optimization), which Lightning cannot clip. Leave it unset."),
+    "accumulate_grad_batches": (1, "the SAC agent steps its own optimizer once per update (manual optimization). Leave it unset."),
 }
 
 
 def check_trainer_flags(trainer: Namespace) -> None:
     """ConfigError for Trainer flags that would break the env-step accounting of an epoch, the agent's
     own optimizer steps, or the networks' dtype."""
-    defaults = {"fast_dev_run": False, "overfit_batches": 0.0, "gradient_clip_val": None, "accumulate_grad_batches": 1}
-    for flag, why in UNSUPPORTED_TRAINER_FLAGS.items():
+    for flag, (default, why) in UNSUPPORTED_TRAINER_FLAGS.items():
         value = trainer.get(flag)
-        if value is not None and value != defaults[flag]:
+        if value is not None and value != default:
             raise ConfigError(f"trainer.{flag}={value} is not supported: {why}")
     if (trainer.get("log_every_n_steps") or 0) < 0:
         raise ConfigError(f"trainer.log_every_n_steps={trainer.get('log_every_n_steps')} must be at least 0 (0: no per-step metrics).")
@@ -288,9 +286,7 @@ def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> Non
     if path == "last":
         path = find_last_checkpoint(config.trainer.default_root_dir or ".", experiment_id(logger))
     info = read_checkpoint_info(path)
-    env = make_env(config.data.env, seed=0)
-    specs = env_specs(env)
-    env.close()
+    specs = env_specs_of(config.data.env)
     check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim, config.data.action_repeat)
     config.ckpt_path = str(info.path)
     quiet_resume_notices()

@@ -20,7 +20,7 @@ from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
 from nmbrl.checkpoints import CHECKPOINT_KEY
-from nmbrl.envs import EnvSpecs, env_specs, make_env
+from nmbrl.envs import EnvSpecs, env_specs_of
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
 from nmbrl.evaluation import run_episode
 from nmbrl.tracking import log_now, logging_due
@@ -265,11 +265,7 @@ def checkpoint_specs(checkpoint: dict) -> EnvSpecs:
             f"this checkpoint is not an NMBRL one (it has no {CHECKPOINT_KEY!r} record): load a checkpoint written by `cli.py fit`."
         )
     if record.get("action_low") is None:
-        env = make_env(record["env"], seed=0, action_repeat=record.get("action_repeat", 1))
-        try:
-            return env_specs(env)
-        finally:
-            env.close()
+        return env_specs_of(record["env"], action_repeat=record.get("action_repeat", 1))
     low = torch.tensor(record["action_low"], dtype=torch.float32)
     high = torch.tensor(record["action_high"], dtype=torch.float32)
     return EnvSpecs(record["observation_dim"], Bounded(low=low, high=high, shape=low.shape, dtype=torch.float32))

@@ -6,6 +6,6 @@ import os
 # Users with a GPU can export MUJOCO_GL=egl before starting.
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
-from nmbrl.envs.make import EnvSpecs, check_env_name, env_specs, make_env  # noqa: E402
+from nmbrl.envs.make import EnvSpecs, check_env_name, env_specs, env_specs_of, make_env  # noqa: E402
 
-__all__ = ["EnvSpecs", "check_env_name", "env_specs", "make_env"]
+__all__ = ["EnvSpecs", "check_env_name", "env_specs", "env_specs_of", "make_env"]

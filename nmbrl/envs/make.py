@@ -180,6 +180,15 @@ def base_env(name: str, device: torch.device | str, render_size: int | None, act
     return DMControlWrapper(suite.load(domain, task), device=device, render_kwargs=size, frame_skip=action_repeat, **pixels)
 
 
+def env_specs_of(name: str, action_repeat: int = 1) -> EnvSpecs:
+    """The specs of environment ``name``, from a copy built for the purpose and closed."""
+    env = make_env(name, seed=0, action_repeat=action_repeat)
+    try:
+        return env_specs(env)
+    finally:
+        env.close()
+
+
 def env_specs(env: EnvBase) -> EnvSpecs:
     return EnvSpecs(
         observation_dim=env.observation_spec["observation"].shape[-1],
