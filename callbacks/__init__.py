@@ -1,7 +1,7 @@
 """Lightning callbacks that orchestrate MBPO between agent updates."""
 
 from callbacks.concurrent import CollectorProcess, WorldModelTrainingProcess
-from callbacks.env_steps import EnvStepMonitor
+from callbacks.env_steps import EnvStepMonitor, EnvStepProgressBar
 from callbacks.evaluation import Evaluation
 from callbacks.model_training import WorldModelTraining
 from callbacks.policy_model import PolicyModelLogging
@@ -12,6 +12,7 @@ __all__ = [
     "BranchedRollouts",
     "CollectorProcess",
     "EnvStepMonitor",
+    "EnvStepProgressBar",
     "Evaluation",
     "PolicyModelLogging",
     "RunLifecycle",

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from nmbrl.tracking import log_now, logging_due
 
@@ -48,3 +49,17 @@ class EnvStepMonitor(Callback):
         }
         self._since = (now, trainer.datamodule.env_steps, trainer.global_step)
         log_now(trainer, rates)
+
+
+class EnvStepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with ``env_steps`` shown as the whole number it is.
+
+    Lightning logs every value as a float, and tqdm writes floats in its shortest form: the bar
+    would read ``env_steps=1e+3``, ``1101.0`` and ``2e+4``. Strings reach the bar as they are.
+    """
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if "env_steps" in metrics:
+            metrics["env_steps"] = str(round(metrics["env_steps"]))
+        return metrics

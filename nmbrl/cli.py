@@ -367,6 +367,9 @@ def quiet_upstream_notices() -> None:
     # from the bucket's only along the size-1 dimension. The reducer copies those 512 numbers into
     # its bucket, as it does for every gradient unless gradient_as_bucket_view is set.
     warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
+    # TorchRL reports each buffer's first allocation ("Initialized LazyTensorStorage ...") at INFO,
+    # in colour, straight across the progress bar.
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
 
 
 def quiet_resume_notices() -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
-from callbacks import EnvStepMonitor
+import pytest
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+from callbacks import EnvStepMonitor, EnvStepProgressBar
 
 
 class RecordingModule:
@@ -27,3 +32,17 @@ def test_the_progress_bar_shows_the_env_steps_of_the_epochs_last_batch() -> None
 
     # Batches 0, 100 and 200 by log_every_n_steps, then the last one: what the evaluation line will show.
     assert module.logged == [("env_steps", 1.0), ("env_steps", 101.0), ("env_steps", 201.0), ("env_steps", 250.0)]
+
+
+@pytest.mark.parametrize("env_steps", [1000.0, 1101.0, 20000.0])
+def test_the_progress_bar_writes_env_steps_as_a_whole_number(env_steps: float) -> None:
+    trainer = SimpleNamespace(loggers=[], progress_bar_metrics={"env_steps": env_steps, "other": 0.25})
+
+    def rendered(progress_bar: TQDMProgressBar) -> str:
+        bar = Tqdm(total=10, file=io.StringIO())
+        bar.set_postfix(progress_bar.get_metrics(trainer, None))  # as TQDMProgressBar does after each batch
+        return str(bar)
+
+    assert f"env_steps={int(env_steps)}," in rendered(EnvStepProgressBar())
+    assert "other=0.250" in rendered(EnvStepProgressBar())  # the rest as Lightning writes it
+    assert f"env_steps={int(env_steps)}," not in rendered(TQDMProgressBar())  # Lightning's own: 1e+3, 1101.0, 2e+4

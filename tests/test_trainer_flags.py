@@ -163,7 +163,7 @@ def test_a_fit_without_progress_bar_runs_to_the_end_in_the_env_named_experiment(
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert "leaving out TQDMProgressBar" in result.stderr + result.stdout
+    assert "leaving out EnvStepProgressBar" in result.stderr + result.stdout
     run = only_run(store)
     assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")

@@ -240,7 +240,11 @@ class RLDataModule(LightningDataModule):
         """The initial uniform-random exploration, once per run."""
         remaining = self.random_steps - self.env_steps
         if remaining > 0:
-            rank_zero_info(f"Collecting {remaining} random exploration env steps in {self.env_name}.")
+            message = f"Collecting {remaining} random exploration env steps in {self.env_name}."
+            if self.trainer is not None and self.trainer.lightning_module is not None:
+                self.trainer.lightning_module.print(message)  # above the progress bar, not glued to its line
+            else:
+                rank_zero_info(message)
             self.collect(self.transitions(remaining))
 
     def pop_episode_returns(self) -> list[float]:
