@@ -87,6 +87,7 @@ class CheckpointInfo:
     action_repeat: int = 1  # absent from checkpoints written before the setting existed
     action_low: list[float] | None = None  # the action bounds; absent from older checkpoints
     action_high: list[float] | None = None
+    world_model_trainer: str | None = None  # the state key of the callback that trained its world model; None: SAC
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
@@ -99,7 +100,50 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         missing_hint="Pass `--ckpt_path last` to resume the latest run of this config's experiment, or the path of a "
         "file in a run folder's checkpoints/ (runs/<experiment id>/<run id>/checkpoints/).",
     )
-    return CheckpointInfo(path=Path(path), **checkpoint[CHECKPOINT_KEY])
+    return CheckpointInfo(path=Path(path), **checkpoint[CHECKPOINT_KEY], world_model_trainer=world_model_trainer(checkpoint))
+
+
+def world_model_trainer(checkpoint: dict[str, Any]) -> str | None:
+    """The state key of the callback whose state holds a world model (``WorldModelTraining`` and kin), if any."""
+    states = checkpoint.get("callbacks", {})
+    return next((key for key, state in states.items() if isinstance(state, dict) and "world_model" in state), None)
+
+
+# What each world-model trainer's state key says about the run that wrote it.
+RUN_KINDS = {
+    None: "SAC (no world model; configs/sac.yaml)",
+    "WorldModelTraining": "sync MBPO (configs/mbpo.yaml and the per-env configs)",
+    "WorldModelTrainingProcess": "concurrent MBPO (configs/mbpo_async.yaml)",
+}
+
+
+def run_kind(trainer_key: str | None) -> str:
+    return RUN_KINDS.get(trainer_key, f"MBPO with its world model trained by {trainer_key}")
+
+
+def check_same_run_kind(info: CheckpointInfo, trainer_key: str | None, picked_as_last: str | None = None) -> None:
+    """ConfigError if a fit would resume a checkpoint of another algorithm or mode than its config's.
+
+    Lightning would warn and go on: the world model, its optimizer and its schedule would start
+    afresh (or be dropped), inside the checkpoint's MLflow run. ``trainer_key`` is the state key of
+    the config's world-model trainer (None for SAC); ``picked_as_last`` the experiment that
+    ``--ckpt_path last`` searched, if it did.
+    """
+    if info.world_model_trainer == trainer_key:
+        return
+    config = info.path.parent.parent / "config.yaml"
+    own_config = f"its own config (--config {config})" if config.is_file() else "the config it was trained with"
+    searched = (
+        f" `--ckpt_path last` took the newest checkpoint of the experiment {picked_as_last!r}, which sync and concurrent "
+        "runs of an env share; pass a checkpoint file to resume another run."
+        if picked_as_last
+        else ""
+    )
+    raise ConfigError(
+        f"ckpt_path={str(info.path)!r} was written by {run_kind(info.world_model_trainer)}, but this config runs "
+        f"{run_kind(trainer_key)}. A run keeps its algorithm and mode when resumed: its world model's training would "
+        f"otherwise start afresh or be dropped. Resume it with {own_config}, or leave out --ckpt_path for a new run.{searched}"
+    )
 
 
 def read_checkpoint(

@@ -32,7 +32,7 @@ from callbacks import (
 )
 
 from nmbrl.agent import SACAgent
-from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
+from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, check_same_run_kind, find_last_checkpoint, read_checkpoint_info
 from nmbrl.concurrent.cores import available_cores
 from nmbrl.data import RLDataModule, model_buffer_capacity
 from nmbrl.data.scratch import remove_orphaned_scratch_folders
@@ -117,7 +117,7 @@ class NMBRLCLI(LightningCLI):
                 "file. Without it the agent would be a new, untrained one."
             )
         if subcommand:
-            check_run_targets(self.config[subcommand])
+            check_run_targets(self.config[subcommand], resuming=subcommand == "fit")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -255,8 +255,8 @@ def default_experiment_name(config: Namespace) -> str:
     return f"{algorithm}-{config.data.env.lower()}"
 
 
-def check_run_targets(config: Namespace) -> None:
-    """Name an unnamed MLflow experiment, check the run folder root and MLflow store, resolve ``ckpt_path``."""
+def check_run_targets(config: Namespace, resuming: bool = False) -> None:
+    """Name an unnamed MLflow experiment, check the run folder root and MLflow store, resolve ``ckpt_path`` (``resuming``: for a fit)."""
     check_writable_folder(config.trainer.default_root_dir or ".", "run folder root", "--trainer.default_root_dir")
     logger = mlflow_logger_args(config.trainer.logger)
     if logger is not None:
@@ -264,7 +264,7 @@ def check_run_targets(config: Namespace) -> None:
             logger.experiment_name = default_experiment_name(config)
         check_tracking_uri(logger.tracking_uri)
     if config.get("ckpt_path"):
-        continue_from_checkpoint(config, logger)
+        continue_from_checkpoint(config, logger, resuming=resuming)
 
 
 def mlflow_logger_args(logger: Any) -> Namespace | None:
@@ -280,14 +280,19 @@ def class_of(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def continue_from_checkpoint(config: Namespace, logger: Namespace | None) -> None:
-    """Resolve and check ``ckpt_path``; point the logger at the checkpoint's MLflow run."""
+def continue_from_checkpoint(config: Namespace, logger: Namespace | None, resuming: bool) -> None:
+    """Resolve and check ``ckpt_path`` (for a resumed fit, or ``cli.py test``); point the logger at the checkpoint's MLflow run."""
     path = config.ckpt_path
     if path == "last":
         path = find_last_checkpoint(config.trainer.default_root_dir or ".", experiment_id(logger))
     info = read_checkpoint_info(path)
     specs = env_specs_of(config.data.env)
     check_same_env(info, config.data.env, specs.observation_dim, specs.action_dim, config.data.action_repeat)
+    if resuming:
+        model_training = config.get("model_training")
+        trainer_key = class_of(model_training.class_path).__qualname__ if model_training is not None else None
+        searched = logger.experiment_name if config.ckpt_path == "last" and logger is not None else None
+        check_same_run_kind(info, trainer_key, picked_as_last=searched)
     config.ckpt_path = str(info.path)
     quiet_resume_notices()
     if logger is not None and info.run_id is not None:

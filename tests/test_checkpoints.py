@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, find_last_checkpoint, read_checkpoint_info
+from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, check_same_run_kind, find_last_checkpoint, read_checkpoint_info
 from nmbrl.errors import ConfigError
 
 RECORD = {"run_id": "abc", "tracking_uri": "sqlite:///x.db", "env": "Hopper-v5", "observation_dim": 11, "action_dim": 3, "env_steps": 7}
@@ -91,3 +91,32 @@ def test_checkpoints_from_before_action_repeat_read_as_repeat_one(tmp_path: Path
     path = tmp_path / "c.ckpt"
     torch.save({"nmbrl": RECORD}, path)  # RECORD has no action_repeat
     assert read_checkpoint_info(path).action_repeat == 1
+
+
+WORLD_MODEL_STATE = {"world_model": {"w": torch.zeros(2)}, "next_training_at": 250}
+
+
+@pytest.mark.parametrize("trainer_key", [None, "WorldModelTraining", "WorldModelTrainingProcess"])
+def test_the_record_names_the_callback_that_trained_the_world_model(tmp_path: Path, trainer_key: str | None) -> None:
+    states = {"Evaluation": {"history": []}, "RunLifecycle": {"rng": {}}}
+    if trainer_key is not None:
+        states[trainer_key] = WORLD_MODEL_STATE
+    torch.save({"nmbrl": RECORD, "callbacks": states}, tmp_path / "c.ckpt")
+    assert read_checkpoint_info(tmp_path / "c.ckpt").world_model_trainer == trainer_key
+
+
+def test_a_checkpoint_resumes_only_with_its_own_algorithm_and_mode(tmp_path: Path) -> None:
+    run = tmp_path / "1" / "abc"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    path = run / "checkpoints" / "last.ckpt"
+    torch.save({"nmbrl": RECORD, "callbacks": {"WorldModelTrainingProcess": WORLD_MODEL_STATE}}, path)
+    info = read_checkpoint_info(path)
+
+    check_same_run_kind(info, "WorldModelTrainingProcess")
+    with pytest.raises(ConfigError, match=r"written by concurrent MBPO .*this config runs sync MBPO") as error:
+        check_same_run_kind(info, "WorldModelTraining", picked_as_last="mbpo-hopper-v5")
+    assert f"--config {run / 'config.yaml'}" in str(error.value) and "'mbpo-hopper-v5'" in str(error.value)
+    with pytest.raises(ConfigError, match=r"this config runs SAC") as error:
+        check_same_run_kind(info, None)
+    assert "--ckpt_path last" not in str(error.value)

@@ -163,6 +163,17 @@ def test_checkpoint_of_another_environment_is_refused(trained: Path) -> None:
     assert "observation size 5" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("config", "kind"), [("configs/sac.yaml", "SAC"), ("configs/mbpo_async.yaml", "concurrent MBPO")])
+def test_checkpoint_of_another_algorithm_or_mode_is_refused_before_the_run(trained: Path, config: str, kind: str) -> None:
+    # Lightning would only warn, and train the world model afresh (or drop it) inside the old run.
+    path = checkpoints(trained)[0]
+    args = ["--config", config, "--data.env", "InvertedPendulum-v5", *TINY, "--ckpt_path", str(path)]
+    result = run_cli("fit", *args, store=trained)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"was written by sync MBPO (configs/mbpo.yaml and the per-env configs), but this config runs {kind}" in result.stderr
+    assert str(path.parents[1] / "config.yaml") in result.stderr and "Traceback" not in result.stderr
+
+
 def test_ctrl_c_writes_a_checkpoint_and_marks_the_run_killed(store: Path) -> None:
     log = store / "log.txt"
     # A time limit far off, as batch jobs set one: its Timer's state goes into the checkpoint.
