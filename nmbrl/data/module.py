@@ -241,8 +241,9 @@ class RLDataModule(LightningDataModule):
         remaining = self.random_steps - self.env_steps
         if remaining > 0:
             message = f"Collecting {remaining} random exploration env steps in {self.env_name}."
-            if self.trainer is not None and self.trainer.lightning_module is not None:
-                self.trainer.lightning_module.print(message)  # above the progress bar, not glued to its line
+            progress_bar = getattr(self.trainer, "progress_bar_callback", None)
+            if progress_bar is not None and progress_bar.is_enabled:
+                progress_bar.print(message)  # above the bar, not glued to the end of its line
             else:
                 rank_zero_info(message)
             self.collect(self.transitions(remaining))
