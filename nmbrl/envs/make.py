@@ -18,6 +18,7 @@ from torchrl.envs import (
     DMControlWrapper,
     DoubleToFloat,
     EnvBase,
+    FlattenObservation,
     GymEnv,
     RewardSum,
     SerialEnv,
@@ -133,7 +134,12 @@ def make_env(
         env = TransformedEnv(env)
     else:
         obs_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
-        env = TransformedEnv(env, CatTensors(obs_keys, out_key="observation", del_keys=True))
+        env = TransformedEnv(env)
+        for key in obs_keys:  # matrices, such as manipulator's arm_pos (8 x 2), become vectors first
+            dims = len(env.observation_spec[key].shape) - len(env.batch_size)
+            if dims > 1:
+                env.append_transform(FlattenObservation(-dims, -1, in_keys=[key]))
+        env.append_transform(CatTensors(obs_keys, out_key="observation", del_keys=True))
     if not cast_in_members:
         env.append_transform(DoubleToFloat())
     env.append_transform(RewardSum())
