@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -52,14 +54,44 @@ class EnvStepMonitor(Callback):
 
 
 class EnvStepProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, with ``env_steps`` shown as the whole number it is.
+    """Lightning's progress bar, with ``env_steps`` shown as the whole number it is, and the phase
+    that holds up the agent's updates (retraining, rollout, evaluation) while it runs.
 
     Lightning logs every value as a float, and tqdm writes floats in its shortest form: the bar
     would read ``env_steps=1e+3``, ``1101.0`` and ``2e+4``. Strings reach the bar as they are.
+    Between batches the bar would otherwise stand still: a Hopper retraining late in a run takes
+    minutes.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phase: str | None = None
 
     def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         if "env_steps" in metrics:
             metrics["env_steps"] = str(round(metrics["env_steps"]))
+        if self.phase is not None:
+            metrics["phase"] = self.phase
         return metrics
+
+    def show_phase(self, phase: str | None) -> None:
+        """Show ``phase`` in the training bar now (None: take it away)."""
+        self.phase = phase
+        if self._train_progress_bar is not None and not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(self.trainer, self.trainer.lightning_module))
+
+
+@contextmanager
+def showing_phase(trainer: Trainer, phase: str) -> Iterator[Callable[[str], None]]:
+    """Show ``phase`` in the run's ``EnvStepProgressBar`` (if it has one) until the block ends.
+
+    Yields a function that replaces the text, for progress within the phase.
+    """
+    bar = trainer.progress_bar_callback
+    show = bar.show_phase if isinstance(bar, EnvStepProgressBar) else lambda text: None
+    show(phase)
+    try:
+        yield show
+    finally:
+        show(None)

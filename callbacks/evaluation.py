@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torchrl.envs import EnvBase
 
+from callbacks.env_steps import showing_phase
 from nmbrl.envs import make_env
 from nmbrl.errors import check_at_least_one
 from nmbrl.evaluation import evaluate_policy, run_episode
@@ -83,12 +84,13 @@ class Evaluation(Callback):
         if self.env is None:
             self.env = make_env(data.env_name, seed=data.eval_seed, action_repeat=data.action_repeat, num_envs=self.episodes)
         max_steps = data.transitions(self.max_episode_steps)
-        returns = evaluate_policy(self.env, pl_module.evaluation_policy, max_steps)
-        mean, std = float(returns.mean()), float(returns.std(unbiased=False))
-        self.history.append((data.env_steps, mean))
-        metrics = {"eval/return_mean": mean, "eval/return_std": std}
-        if self.also_actor and pl_module.evaluation_policy is not pl_module.policy:
-            metrics["eval/actor_return_mean"] = float(evaluate_policy(self.env, pl_module.policy, max_steps).mean())
+        with showing_phase(trainer, f"evaluation: {self.episodes} episodes"):
+            returns = evaluate_policy(self.env, pl_module.evaluation_policy, max_steps)
+            mean, std = float(returns.mean()), float(returns.std(unbiased=False))
+            self.history.append((data.env_steps, mean))
+            metrics = {"eval/return_mean": mean, "eval/return_std": std}
+            if self.also_actor and pl_module.evaluation_policy is not pl_module.policy:
+                metrics["eval/actor_return_mean"] = float(evaluate_policy(self.env, pl_module.policy, max_steps).mean())
         log_now(trainer, {**metrics, "time/eval_s": time.perf_counter() - started})
         actor = f" (actor {metrics['eval/actor_return_mean']:.1f})" if "eval/actor_return_mean" in metrics else ""
         pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}{actor}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import Strategy
 from tensordict import TensorDictBase
 
+from callbacks.env_steps import showing_phase
 from callbacks.lookup import callback_of
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
@@ -62,7 +64,13 @@ class WorldModelTraining(Callback):
             return
         self.next_training_at = next_due(env_steps, self.every)
         started = time.perf_counter()
-        metrics = train_world_model(trainer.strategy, self.world_model, trainer.datamodule.real_buffer[:])
+        with showing_phase(trainer, "world model: retraining") as show:
+            metrics = train_world_model(
+                trainer.strategy,
+                self.world_model,
+                trainer.datamodule.real_buffer[:],
+                on_epoch=lambda epochs, mse: show(f"world model: epoch {epochs}, holdout MSE {mse:.3g}"),
+            )
         self.version += 1
         self.trained_on = env_steps
         log_now(trainer, {**metrics, "time/model_training_s": time.perf_counter() - started})
@@ -84,10 +92,18 @@ class WorldModelTraining(Callback):
         self.trained_on = state_dict.get("trained_on", 0)  # absent from checkpoints before it was kept
 
 
-def train_world_model(strategy: Strategy, world_model: EnsembleWorldModel, real: TensorDictBase) -> dict[str, float]:
-    """Fit the ensemble to the real transitions of all ranks; every rank ends with rank 0's model."""
+def train_world_model(
+    strategy: Strategy,
+    world_model: EnsembleWorldModel,
+    real: TensorDictBase,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """Fit the ensemble to the real transitions of all ranks; every rank ends with rank 0's model.
+
+    ``on_epoch``: see ``EnsembleWorldModel.fit_transitions``.
+    """
     real = gather_transitions(strategy, real.to(world_model.device))
-    metrics = world_model.fit_transitions(real, should_stop=stop_requested) if strategy.is_global_zero else {}
+    metrics = world_model.fit_transitions(real, should_stop=stop_requested, on_epoch=on_epoch) if strategy.is_global_zero else {}
     if strategy.world_size > 1:
         state = strategy.broadcast(world_model.state_dict() if strategy.is_global_zero else None, src=0)
         world_model.load_state_dict(state)

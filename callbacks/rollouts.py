@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from callbacks.env_steps import showing_phase
 from callbacks.model_training import model_training_of
 from nmbrl.data import model_buffer_capacity
 from nmbrl.errors import ConfigError, check_at_least_one
@@ -75,8 +76,9 @@ class BranchedRollouts(Callback):
         data.resize_model_buffer(
             model_buffer_capacity(horizon, self.batch_size, data.epoch_length, self.every, self.retain_epochs)
         )
-        start = data.real_buffer.sample(self.batch_size)
-        imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon, self.drop_uncertain)
+        with showing_phase(trainer, f"rollout: {self.batch_size} states x {horizon} steps"):
+            start = data.real_buffer.sample(self.batch_size)
+            imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon, self.drop_uncertain)
         data.model_buffer.extend(imagined.cpu())
         log_now(
             trainer,

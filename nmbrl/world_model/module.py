@@ -262,8 +262,15 @@ class EnsembleWorldModel(LightningModule):
 
     # --- training on the real buffer ----------------------------------------------------------
 
-    def fit_transitions(self, transitions: TensorDictBase, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+    def fit_transitions(
+        self,
+        transitions: TensorDictBase,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> dict[str, float]:
         """Retrain on all real ``transitions`` until the holdout error stops improving (or ``should_stop()``).
+
+        ``on_epoch(epochs, holdout_mse)`` is called after each epoch with the members' mean holdout error.
 
         Weights are kept between calls (warm start); each member ends with its best holdout
         weights. Batches with a NaN or infinite loss are skipped and counted in
@@ -290,6 +297,8 @@ class EnsembleWorldModel(LightningModule):
             self.update_member_state(snapshot, improved)
             since_improvement = 0 if improved.any() else since_improvement + 1
             epochs += 1
+            if on_epoch is not None:
+                on_epoch(epochs, float(holdout_mse.mean()))
         self.load_member_state(snapshot)
         if batches and skipped == batches:
             raise TrainingDiverged(

@@ -66,6 +66,9 @@ def test_mbpo_fit_logs_every_phase_to_mlflow(store: Path) -> None:
         assert notice not in output, output[-3000:]
     # The run's own messages get lines of their own, not the end of the progress bar's.
     assert "Collecting 200 random exploration env steps in cartpole-swingup." in re.split(r"[\r\n]", result.stdout)
+    # The bar says what holds up the updates between batches.
+    for phase in ("phase=world model: epoch 1, holdout MSE ", "phase=rollout: 200 states x 1 steps", "phase=evaluation: 1 episodes"):
+        assert phase in result.stdout
 
 
 def test_sac_fit_has_no_world_model(store: Path) -> None:

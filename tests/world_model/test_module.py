@@ -403,3 +403,18 @@ def test_move_to_takes_the_optimizer_state_along(fitted):
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
     moved = [v for state in model.optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
     assert moved and {t.device.type for t in moved} == {"meta"}
+
+
+def test_each_retraining_epoch_is_reported_with_the_members_mean_holdout_error(system) -> None:
+    # The progress bar shows these while a retraining holds up the agent (minutes late in a Hopper run).
+    torch.manual_seed(4)
+    data = without_terminations(system.transitions(600, seed=4))
+    model = make_model(max_epochs=6, patience=100)
+    model.build(SPECS, termination_rule=never_terminates)
+    reports = []
+
+    metrics = model.fit_transitions(data, on_epoch=lambda epochs, mse: reports.append((epochs, mse)))
+
+    assert [epochs for epochs, _ in reports] == list(range(1, 7)) and metrics["model/epochs"] == 6
+    assert all(isinstance(mse, float) and mse > 0 for _, mse in reports)
+    assert reports[-1][1] < reports[0][1]  # it learns: the reported error is the epoch's, not a constant
