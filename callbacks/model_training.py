@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDictBase
 
 from callbacks.env_steps import showing_phase
 from callbacks.lookup import callback_of
+from nmbrl.checkpoints import take_configured_hyperparameters
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
 from nmbrl.interrupt import stop_requested
@@ -87,6 +89,9 @@ class WorldModelTraining(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.world_model.load_state_dict(state_dict["world_model"])
+        changes = take_configured_hyperparameters(state_dict["optimizer"], self.world_model.optimizer)
+        if changes:
+            rank_zero_info(f"world-model optimizer, from the config: {', '.join(changes)} (its moment estimates are the checkpoint's).")
         self.world_model.optimizer.load_state_dict(state_dict["optimizer"])
         self.next_training_at = state_dict["next_training_at"]
         self.trained_on = state_dict.get("trained_on", 0)  # absent from checkpoints before it was kept

@@ -202,3 +202,31 @@ def check_same_env(info: CheckpointInfo, env: str, observation_dim: int, action_
             f"action_repeat={action_repeat}: its agent and world model learned transitions of {info.action_repeat} env "
             f"steps. Set --data.action_repeat {info.action_repeat}."
         )
+
+
+def take_configured_hyperparameters(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> list[str]:
+    """Give a saved optimizer state ``optimizer``'s hyperparameters (lr, betas, ...), group by group; return the changes.
+
+    ``Optimizer.load_state_dict`` restores the saved hyperparameters with the state, so a resumed
+    run would keep the learning rate it started with, whatever its config says now. Here the
+    config's settings win, and the state (moment estimates, step counts) is kept. Changes read
+    ``lr 0.0003 -> 0.0001``. With another number of groups nothing is changed, and loading fails as it would.
+    """
+    groups = saved.get("param_groups", [])
+    if len(groups) != len(optimizer.param_groups):
+        return []
+    changes = []
+    for index, (old, new) in enumerate(zip(groups, optimizer.param_groups)):
+        for key, value in new.items():
+            if key == "params" or key not in old or same_setting(old[key], value):
+                continue
+            label = key if len(groups) == 1 else f"{key} (group {index})"
+            changes.append(f"{label} {old[key]} -> {value}")
+            old[key] = value
+    return changes
+
+
+def same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):  # a tensor lr (capturable optimizers)
+        return torch.equal(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return a == b

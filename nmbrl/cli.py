@@ -118,7 +118,10 @@ class NMBRLCLI(LightningCLI):
             )
         if subcommand:
             check_run_targets(self.config[subcommand], resuming=subcommand == "fit")
-        super()._parse_ckpt_path()
+        asked = self.config.fit.model.clone() if subcommand == "fit" and self.config.fit.get("ckpt_path") else None
+        super()._parse_ckpt_path()  # the checkpoint's agent settings replace the config's
+        if asked is not None:
+            settle_resumed_agent_settings(asked, self.config.fit.model)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -253,6 +256,33 @@ def default_experiment_name(config: Namespace) -> str:
     """``<algorithm>-<env>``: ``mbpo`` with a world model (``model_training`` set), else ``sac``; env lowercased."""
     algorithm = "mbpo" if config.get("model_training") is not None else "sac"
     return f"{algorithm}-{config.data.env.lower()}"
+
+
+# Agent settings that a resumed fit takes from its config: they steer the updates, and no tensor
+# of the checkpoint holds them. The others (network sizes, LayerNorm, the averaged policy, gamma,
+# the target entropy) are the checkpoint's, as its weights and buffers are.
+RESUME_TAKES_FROM_CONFIG = ("tau", "max_loss_ratio", "divergence_patience", "compile")
+
+
+def settle_resumed_agent_settings(asked: Namespace, resumed: Namespace) -> None:
+    """After Lightning put the checkpoint's agent settings in the config: give back those a resumed
+    run takes from its config, and say which of the config's settings differ from what the run uses."""
+    taken, kept = [], []
+    for key in asked.keys():
+        if "." in key or key == "optimizer" or asked[key] == resumed.get(key):
+            continue  # the optimizer's settings are applied with its state (SACAgent.on_load_checkpoint)
+        if key in RESUME_TAKES_FROM_CONFIG:
+            taken.append(f"{key} {resumed[key]} -> {asked[key]}")
+            resumed[key] = asked[key]
+        else:
+            kept.append(f"{key}={resumed[key]} (the config asks for {asked[key]})")
+    if taken:
+        rank_zero_info(f"agent settings from the config: {', '.join(taken)}.")
+    if kept:
+        rank_zero_info(
+            f"agent settings kept from the checkpoint, as its networks and buffers hold them: {', '.join(kept)}. "
+            "A new run without --ckpt_path takes the config's."
+        )
 
 
 def check_run_targets(config: Namespace, resuming: bool = False) -> None:

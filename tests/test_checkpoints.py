@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmbrl.checkpoints import AtomicCheckpointIO, check_same_env, check_same_run_kind, find_last_checkpoint, read_checkpoint_info
+from nmbrl.checkpoints import (
+    AtomicCheckpointIO,
+    check_same_env,
+    check_same_run_kind,
+    find_last_checkpoint,
+    read_checkpoint_info,
+    take_configured_hyperparameters,
+)
 from nmbrl.errors import ConfigError
 
 RECORD = {"run_id": "abc", "tracking_uri": "sqlite:///x.db", "env": "Hopper-v5", "observation_dim": 11, "action_dim": 3, "env_steps": 7}
@@ -120,3 +127,24 @@ def test_a_checkpoint_resumes_only_with_its_own_algorithm_and_mode(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"this config runs SAC") as error:
         check_same_run_kind(info, None)
     assert "--ckpt_path last" not in str(error.value)
+
+
+def test_a_resumed_optimizer_keeps_its_state_and_takes_the_configured_hyperparameters() -> None:
+    weights = torch.nn.Linear(3, 2)
+    trained = torch.optim.Adam(weights.parameters(), lr=3e-4, betas=(0.9, 0.999))
+    weights(torch.randn(4, 3)).sum().backward()
+    trained.step()
+    saved = trained.state_dict()
+    configured = torch.optim.Adam(weights.parameters(), lr=1e-4, betas=(0.5, 0.999))
+
+    changes = take_configured_hyperparameters(saved, configured)
+    configured.load_state_dict(saved)
+
+    assert changes == ["lr 0.0003 -> 0.0001", "betas (0.9, 0.999) -> (0.5, 0.999)"]
+    assert configured.param_groups[0]["lr"] == 1e-4 and configured.param_groups[0]["betas"] == (0.5, 0.999)
+    for name in ("exp_avg", "exp_avg_sq", "step"):  # the moments and step counts are the trained optimizer's
+        assert all(torch.equal(configured.state[p][name], trained.state[p][name]) for p in weights.parameters())
+    assert take_configured_hyperparameters(configured.state_dict(), configured) == []
+    # Another number of groups: nothing is changed, and loading fails as PyTorch makes it.
+    grouped = torch.optim.Adam([{"params": [weights.weight]}, {"params": [weights.bias], "lr": 1.0}], lr=1e-4)
+    assert take_configured_hyperparameters(saved, grouped) == [] and saved["param_groups"][0]["lr"] == 1e-4

@@ -161,3 +161,21 @@ def test_the_test_command_without_a_checkpoint_is_refused(capsys):
         cli.run(["test", "--config", str(ROOT / "configs/mbpo.yaml")])
     assert exit_info.value.code == 2
     assert "error: cli.py test needs --ckpt_path" in capsys.readouterr().err
+
+
+def test_a_resumed_agent_takes_its_steering_settings_from_the_config_and_the_rest_from_the_checkpoint(caplog):
+    from jsonargparse import Namespace
+
+    optimizer = Namespace(class_path="torch.optim.Adam", init_args=Namespace(lr=1e-4))
+    asked = Namespace(hidden_sizes=[64, 64], gamma=0.99, tau=0.01, compile=False, max_loss_ratio=100.0, optimizer=optimizer)
+    resumed = Namespace(hidden_sizes=[256, 256], gamma=0.99, tau=0.005, compile=False, max_loss_ratio=1e4, optimizer=optimizer.clone())
+
+    with caplog.at_level("INFO"):
+        cli.settle_resumed_agent_settings(asked, resumed)
+
+    assert resumed.tau == 0.01 and resumed.max_loss_ratio == 100.0  # they only steer the updates
+    assert resumed.hidden_sizes == [256, 256]  # the checkpoint's weights have these sizes
+    said = caplog.text
+    assert "agent settings from the config: tau 0.005 -> 0.01, max_loss_ratio 10000.0 -> 100.0." in said
+    assert "kept from the checkpoint, as its networks and buffers hold them: hidden_sizes=[256, 256] (the config asks for [64, 64])" in said
+    assert "gamma" not in said and "optimizer" not in said

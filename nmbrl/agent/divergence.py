@@ -86,7 +86,8 @@ class DivergenceGuard:
             raise TrainingDiverged(
                 f"training diverged: {self.bad_in_a_row} updates in a row were rejected (last: {reason}), even after "
                 f"restoring the weights of good update {self.snapshot['good_updates']}. Those weights are kept and "
-                "checkpointed. Try a lower learning rate, or check the environment's observations and rewards for NaN."
+                "checkpointed. Try a lower learning rate (a run resumed with --ckpt_path takes its config's, such as "
+                "--model.optimizer.init_args.lr 1e-4), or check the environment's observations and rewards for NaN."
             )
 
     @staticmethod

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tensordict import TensorDictBase
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchrl.data import Bounded
@@ -19,7 +20,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
 from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
-from nmbrl.checkpoints import CHECKPOINT_KEY
+from nmbrl.checkpoints import CHECKPOINT_KEY, take_configured_hyperparameters
 from nmbrl.envs import EnvSpecs, env_specs_of
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
 from nmbrl.evaluation import run_episode
@@ -134,6 +135,11 @@ class SACAgent(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.loss_module is None:
             self.build(checkpoint_specs(checkpoint))
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and checkpoint.get("optimizer_states"):
+            # Before Lightning loads the optimizer's state: a resumed fit steps with the config's lr.
+            changes = take_configured_hyperparameters(checkpoint["optimizer_states"][0], self.configure_optimizers())
+            if changes:
+                rank_zero_info(f"agent optimizer, from the config: {', '.join(changes)} (its moment estimates are the checkpoint's).")
 
     @property
     def policy(self) -> ProbabilisticActor:

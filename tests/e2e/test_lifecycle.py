@@ -53,6 +53,32 @@ def test_resume_continues_the_same_run_with_full_buffers(trained: Path) -> None:
     assert after["global_step"] == before["global_step"] + 100
 
 
+def test_a_resumed_fit_steps_with_the_configs_learning_rates_and_keeps_the_checkpoints_networks(tmp_path: Path) -> None:
+    # Before, Lightning put the checkpoint's agent settings over the config's and PyTorch restored the
+    # optimizers' old learning rates, both without a word: the divergence message's advice to resume
+    # with a lower learning rate did nothing.
+    store = fitted_store(tmp_path, *PENDULUM)
+    changes = [
+        "--model.optimizer.init_args.lr", "1e-4", "--model.tau", "0.01", "--model.hidden_sizes", "[64, 64]",
+        "--model_training.world_model.init_args.optimizer", "torch.optim.Adam",
+        "--model_training.world_model.init_args.optimizer.lr", "5e-4",
+    ]  # fmt: skip
+    result = run_cli("fit", *PENDULUM, "--trainer.max_epochs", "3", "--ckpt_path", "last", *changes, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    output = result.stdout + result.stderr
+    assert "agent optimizer, from the config: lr 0.0003 -> 0.0001" in output
+    assert "world-model optimizer, from the config: lr 0.001 -> 0.0005" in output
+    assert "agent settings from the config: tau 0.005 -> 0.01." in output
+    assert "kept from the checkpoint, as its networks and buffers hold them: hidden_sizes=[256, 256] (the config asks for [64, 64])" in output
+    after = load(checkpoints(store)[0])
+    assert after["nmbrl"]["env_steps"] == 500
+    assert after["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-4 and after["optimizer_states"][0]["state"]
+    world_model = next(state for key, state in after["callbacks"].items() if "WorldModelTraining" in key)
+    assert [group["lr"] for group in world_model["optimizer"]["param_groups"]] == [5e-4]
+    assert after["hyper_parameters"]["tau"] == 0.01 and after["hyper_parameters"]["hidden_sizes"] == [256, 256]
+
+
 def test_resume_without_imagined_data_in_the_checkpoint_refills_the_model_buffer_at_once(tmp_path: Path) -> None:
     # Rollouts every 150 env steps: at 200 and 300, then due at 450. The run stops at 400, so only
     # the refill on resume rolls out before 450; without it the agent would train on real data alone.
