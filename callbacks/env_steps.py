@@ -88,7 +88,7 @@ def showing_phase(trainer: Trainer, phase: str) -> Iterator[Callable[[str], None
 
     Yields a function that replaces the text, for progress within the phase.
     """
-    bar = trainer.progress_bar_callback
+    bar = getattr(trainer, "progress_bar_callback", None)  # None too for a Trainer stand-in
     show = bar.show_phase if isinstance(bar, EnvStepProgressBar) else lambda text: None
     show(phase)
     try:
