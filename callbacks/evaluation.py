@@ -116,6 +116,9 @@ class Evaluation(Callback):
         pl_module.print(returns_table(results))
         files = [write_returns_csv(results, folder / "test_returns.csv")]
         if self.video != "none":
+            # Rendering takes a while (on 2 cores without a GPU, about half a minute for 1000 frames):
+            # say so, as the test bar already stands at its end.
+            pl_module.print(f"video: recording episode 0 again at {self.video_size}x{self.video_size} ...")
             try:
                 files.append(self.record_video(trainer, pl_module, folder))
                 pl_module.print(f"video: {files[-1]}")

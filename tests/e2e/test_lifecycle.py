@@ -105,6 +105,7 @@ def test_test_command_prints_returns_and_logs_a_video(trained: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| mean ± std |" in result.stdout
+    assert "video: recording episode 0 again at 64x64 ..." in result.stdout  # the bar stands still meanwhile
     rows = (folder / "test" / "test_returns.csv").read_text().splitlines()
     assert rows[0] == "episode,return,steps,seed" and len(rows) == 4
     assert [row.split(",")[3] for row in rows[1:]] == ["10000", "10001", "10002"]  # eval seed (seed 0 + 10000) + episode
