@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import torch
@@ -17,7 +18,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from mlflow import MlflowClient
 
@@ -352,13 +353,62 @@ def experiment_id(logger: Namespace | None) -> str | None:
 SIGNAL_EXIT_BASE = 128
 
 
+# `cli.py fit` without --config trains the main job. Without any config LightningCLI would train a
+# plain SAC agent for Lightning's default 1000 epochs, logging to ./lightning_logs and not to MLflow.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mbpo.yaml"
+
+
+def with_a_config(args: list[str]) -> list[str]:
+    """``args``, with a ``--config`` for a ``fit`` or ``test`` that names none.
+
+    ``fit`` gets ``configs/mbpo.yaml``; ``test`` the ``config.yaml`` of the checkpoint's run folder,
+    as the agent and env must match the checkpoint's (ConfigError where there is none to find).
+    """
+    if not args or args[0] not in ("fit", "test") or not DEFAULT_CONFIG.is_file():
+        return args
+    if any(arg in ("--config", "-c", "-h", "--help") or arg.startswith("--config=") for arg in args[1:]):
+        return args
+    if args[0] == "fit":
+        shown = os.path.relpath(DEFAULT_CONFIG)
+        say(f"No --config given: training with {shown} (MBPO on cartpole-swingup; configs/ holds the others).")
+        return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+    checkpoint = flag_value(args, "--ckpt_path")
+    config = Path(checkpoint).parent.parent / "config.yaml" if checkpoint not in (None, "last") else None
+    if config is None or not config.is_file():
+        raise ConfigError(
+            "cli.py test needs --config: the config.yaml of the run that wrote the checkpoint "
+            "(runs/<experiment id>/<run id>/config.yaml), so that the agent and env match it."
+        )
+    say(f"No --config given: testing with the run's {config}.")
+    return [args[0], "--config", str(config), *args[1:]]
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """A line on stderr, from rank zero: stdout may be the config that ``--print_config`` writes."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag value`` or ``--flag=value``), or None."""
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def run(args: list[str] | None = None) -> NMBRLCLI:
     """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
     a stop by Ctrl+C or SIGTERM (after its checkpoint) with status 130 or 143."""
     interrupt.stopped_by = None  # this run's, not an earlier one's in the same process
     quiet_upstream_notices()
     try:
-        return NMBRLCLI(args=args)
+        if args is None:  # the command line: completed in place (LightningCLI warns when given both)
+            sys.argv[1:] = with_a_config(sys.argv[1:])
+            return NMBRLCLI()
+        return NMBRLCLI(args=with_a_config(args))
     except SystemExit as exit_:
         if exit_.code == 1 and interrupt.stopped_by is not None:  # Lightning's sys.exit(1) after a KeyboardInterrupt
             raise SystemExit(SIGNAL_EXIT_BASE + interrupt.stopped_by) from None

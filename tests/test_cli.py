@@ -179,3 +179,23 @@ def test_a_resumed_agent_takes_its_steering_settings_from_the_config_and_the_res
     assert "agent settings from the config: tau 0.005 -> 0.01, max_loss_ratio 10000.0 -> 100.0." in said
     assert "kept from the checkpoint, as its networks and buffers hold them: hidden_sizes=[256, 256] (the config asks for [64, 64])" in said
     assert "gamma" not in said and "optimizer" not in said
+
+
+def test_fit_without_a_config_trains_the_main_job_and_one_with_a_config_is_left_as_it_is():
+    assert cli.with_a_config(["fit", "--trainer.max_epochs", "2"]) == ["fit", "--config", str(cli.DEFAULT_CONFIG), "--trainer.max_epochs", "2"]
+    assert cli.DEFAULT_CONFIG.is_file() and cli.DEFAULT_CONFIG.name == "mbpo.yaml"
+    for given in (["fit", "--config", "configs/sac.yaml"], ["fit", "-c", "x.yaml"], ["fit", "--config=x.yaml"], ["fit", "--help"], ["--help"], []):
+        assert cli.with_a_config(given) == given
+
+
+def test_test_without_a_config_takes_the_checkpoints_run_config_or_asks_for_one(tmp_path):
+    run = tmp_path / "runs" / "1" / "abc"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(cli.ConfigError, match="cli.py test needs --config: the config.yaml of the run"):
+        cli.with_a_config(["test", "--ckpt_path", str(checkpoint)])  # no config.yaml in its run folder yet
+    (run / "config.yaml").write_text("data: {}\n")
+    assert cli.with_a_config(["test", f"--ckpt_path={checkpoint}"]) == ["test", "--config", str(run / "config.yaml"), f"--ckpt_path={checkpoint}"]
+    with pytest.raises(cli.ConfigError, match="needs --config"):
+        cli.with_a_config(["test", "--ckpt_path", "last"])  # which experiment's last? The config names it.

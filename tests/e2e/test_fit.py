@@ -71,6 +71,14 @@ def test_mbpo_fit_logs_every_phase_to_mlflow(store: Path) -> None:
         assert phase in result.stdout
 
 
+def test_fit_without_a_config_trains_mbpo_into_mlflow(store: Path) -> None:
+    # Before: LightningCLI trained a plain SAC agent for 1000 epochs into ./lightning_logs, without MLflow.
+    result = run_cli("fit", *TINY, *TINY_MBPO, store=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No --config given: training with configs/mbpo.yaml" in result.stderr
+    check_run(store, COMMON_METRICS | MODEL_METRICS)
+
+
 def test_sac_fit_has_no_world_model(store: Path) -> None:
     result = run_cli("fit", "--config", "configs/sac.yaml", *TINY, store=store)
     assert result.returncode == 0, result.stderr[-3000:]
