@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from tensordict import TensorDictBase
 
+from callbacks.env_steps import showing_phase
 from callbacks.lookup import callback_of
 from callbacks.model_training import WorldModelTraining
 from nmbrl.concurrent.collector_role import CollectorRole
@@ -256,8 +257,9 @@ class WorldModelTrainingProcess(WorldModelTraining):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # Replaces the in-process retraining of WorldModelTraining: take the newest published version.
         env_steps = trainer.datamodule.env_steps
-        if self.lockstep and env_steps >= self.next_training_at:
-            self.wait_for_model_trained_on(env_steps)
+        if self.lockstep and env_steps >= self.next_training_at and self.trained_on < env_steps:
+            with showing_phase(trainer, "waiting for the world-model process"):
+                self.wait_for_model_trained_on(env_steps)
         self.take_newest_model()
         self.process.check()
         threads = self.lending.apply()

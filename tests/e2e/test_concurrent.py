@@ -180,6 +180,7 @@ def test_a_lockstep_run_repeats_exactly_for_its_seed(tmp_path: Path) -> None:
         store = tmp_path / attempt
         result = run_cli(*ASYNC, "--collection.lockstep", "true", "--seed_everything", "5", store=store)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "phase=waiting for the world-model process" in result.stdout  # the bar says why it stands still
         run = only_run(store)
         checkpoint = torch.load(last_checkpoint(store, run), map_location="cpu", weights_only=False)
         outcomes.append((metric_values(store, run, "eval/return_mean"), checkpoint["state_dict"]))
