@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import random
 import sys
 import time
 import warnings
@@ -102,7 +103,9 @@ class NMBRLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--torch_threads", type=Union[int, Literal["auto"]], default="auto", help=TORCH_THREADS_HELP)
-        parser.link_arguments("seed_everything", "data.seed")
+        # `--seed_everything true` asks Lightning for a random seed, which it draws after parsing:
+        # the env's seed is then set from it in before_instantiate_classes.
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda seed: 0 if isinstance(seed, bool) else seed)
         for key, callback in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback, key, subclass_mode=True, required=False)
         # Always there (``--policy_model.enabled false`` to opt out): the policy as the run's MLflow model.
@@ -124,8 +127,19 @@ class NMBRLCLI(LightningCLI):
         if asked is not None:
             settle_resumed_agent_settings(asked, self.config.fit.model)
 
+    def _set_seed(self) -> None:
+        # Lightning's CLI documents `--seed_everything true` as a random seed, but Lightning 2.6's
+        # seed_everything() without a seed warns and takes 0: draw the seed here.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("seed_everything") is True:
+            config.seed_everything = random.SystemRandom().randrange(2**31)
+        super()._set_seed()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # The seed Lightning has set (drawn for `true`, see _set_seed); `false` seeds nothing, and the env a random seed.
+        seed = config.seed_everything
+        config.data.seed = random.SystemRandom().randrange(2**31) if isinstance(seed, bool) else seed
         threads = config.torch_threads
         if threads == "auto":
             threads = auto_torch_threads(trainer_processes(config.trainer.devices))

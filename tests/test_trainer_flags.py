@@ -239,3 +239,18 @@ def test_a_negative_log_every_n_steps_is_refused(store: Path, capsys) -> None:
         cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--trainer.log_every_n_steps", "-1", *store_args(store)])
     assert exit_info.value.code == 2
     assert "error: trainer.log_every_n_steps=-1 must be at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["true", "false", "7"])
+def test_any_seed_setting_lightning_takes_seeds_the_env(store: Path, seed: str) -> None:
+    # Before, `--seed_everything true` (Lightning's random seed) failed to parse: the env's seed is linked to it.
+    cli = build_fit(store, "sac.yaml", "--seed_everything", seed)
+
+    if seed == "false":
+        assert cli.config.fit.seed_everything is False and isinstance(cli.datamodule.seed, int)
+    else:
+        chosen = cli.config.fit.seed_everything  # the seed Lightning drew for `true`, recorded in the run's config
+        assert isinstance(chosen, int) and not isinstance(chosen, bool) and cli.datamodule.seed == chosen
+        assert seed == "true" or chosen == 7
+    if seed == "true":  # a random seed, not Lightning 2.6's fallback of 0: two runs draw two
+        assert build_fit(store, "sac.yaml", "--seed_everything", seed).config.fit.seed_everything != chosen
