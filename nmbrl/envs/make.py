@@ -84,6 +84,10 @@ def check_gym_spaces(name: str) -> None:
         env = gymnasium.make(name)
     except gymnasium.error.DependencyNotInstalled as error:
         raise ConfigError(f"env={name!r} needs a package that is not installed: {error}") from error
+    except ImportError as error:  # such as the mujoco-py tasks (-v2, -v3) gymnasium no longer ships
+        newest = gymnasium.envs.registration.find_highest_version(None, name.rsplit("-v", 1)[0])
+        hint = f" This machine has {name.rsplit('-v', 1)[0]}-v{newest}." if newest is not None else ""
+        raise ConfigError(f"env={name!r} cannot be made here: {str(error).rstrip('.')}.{hint}") from error
     try:
         observation, action = env.observation_space, env.action_space
     finally:

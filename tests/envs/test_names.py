@@ -46,6 +46,8 @@ def test_continuous_control_tasks_are_accepted(name):
         # Before: a traceback from the actor's builder ('CategoricalBox' object has no attribute 'low').
         ("CartPole-v1", "has Discrete actions; SAC and MBPO here need continuous (Box) actions"),
         ("FrozenLake-v1", "has Discrete actions"),
+        # Before: gymnasium's ImportError traceback (the mujoco-py tasks moved to gymnasium-robotics).
+        ("HalfCheetah-v3", "cannot be made here: The mujoco v2 and v3 based environments have been moved"),
     ],
 )
 def test_unknown_or_discrete_environments_are_config_errors(name, message):
