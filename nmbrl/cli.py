@@ -469,6 +469,8 @@ def quiet_upstream_notices() -> None:
     # TorchRL reports each buffer's first allocation ("Initialized LazyTensorStorage ...") at INFO,
     # in colour, straight across the progress bar.
     logging.getLogger("torchrl").setLevel(logging.WARNING)
+    # MLflow announces, with a timestamp, that it creates and migrates a new sqlite store's tables.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def quiet_resume_notices() -> None:
