@@ -101,8 +101,20 @@ def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
 
 
 def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
-    """Restore a state from ``buffer_state`` (or a plain ``state_dict``) into an empty buffer of the same capacity."""
+    """Restore a state from ``buffer_state`` (or a plain ``state_dict``) into an empty buffer.
+
+    Into one of another capacity (a run resumed with another ``--data.buffer_size``), the rows go
+    in the order they were written, the newest ``capacity`` of them: a plain load would put them
+    where they sat in the old ring, and keep old rows over new ones when it shrinks.
+    """
     storage = state["_storage"]
+    if FILLED_ROWS in storage and not fits_as_saved(state, buffer.storage.max_size):
+        rows = TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]])
+        cursor = state["_writer"]["_cursor"]
+        written = torch.cat([rows[cursor:], rows[:cursor]]) if wrapped(state) else rows
+        buffer.empty()
+        buffer.extend(written[-buffer.storage.max_size :])
+        return
     if FILLED_ROWS in storage:
         buffer.empty()
         # Writing the rows allocates the full capacity, in the storage's own files for a memory-mapped
@@ -112,3 +124,14 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
         buffer.extend(TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]]))
         state = {**state, "_storage": buffer.storage.state_dict()}
     buffer.load_state_dict(state)
+
+
+def wrapped(state: dict[str, Any]) -> bool:
+    """Whether a saved buffer had written over its first rows (then every row is filled)."""
+    return state["_writer"]["_write_count"] > state["_storage"]["_len"]
+
+
+def fits_as_saved(state: dict[str, Any], capacity: int) -> bool:
+    """Whether a ``buffer_state`` loads row for row into a buffer of ``capacity``, its write position included."""
+    filled = state["_storage"]["_len"]
+    return filled == capacity if wrapped(state) else filled <= capacity

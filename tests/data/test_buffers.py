@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torchrl.data import ReplayBuffer
 
 from nmbrl.data import (
@@ -335,3 +335,39 @@ def test_a_full_storage_state_of_an_earlier_checkpoint_still_loads() -> None:
     load_buffer_state(restored, buffer.state_dict())  # what checkpoints held before compaction
 
     assert len(restored) == 20 and (restored[:] == buffer[:]).all()
+
+
+def numbered(size: int, start: int = 0) -> TensorDictBase:
+    """``size`` transitions whose reward is their write number, from ``start``."""
+    transitions = buffer_of(size, reward=0.0)[:]
+    transitions["next", "reward"] = torch.arange(start, start + size, dtype=torch.float32).unsqueeze(-1)
+    return transitions
+
+
+@pytest.mark.parametrize(
+    ("written", "capacity", "kept"),
+    [
+        (25, 6, range(19, 25)),  # wrapped, shrunk: the newest 6 (before: rows of the old ring's end, some old)
+        (25, 15, range(15, 25)),  # wrapped, grown: all 10, in write order, with room for 5 more
+        (7, 4, range(3, 7)),  # not wrapped, shrunk: the newest 4
+        (25, 10, None),  # the same capacity: row for row, as before
+    ],
+)
+def test_a_resume_with_another_buffer_size_keeps_the_newest_transitions_in_write_order(written, capacity, kept) -> None:
+    buffer = make_replay_buffer(10)
+    buffer.extend(numbered(written))
+    state = torch.load(io.BytesIO(saved(buffer_state(buffer))), weights_only=True)
+
+    restored = make_replay_buffer(capacity)
+    load_buffer_state(restored, state)
+
+    rewards = restored[:]["next", "reward"].squeeze(-1).tolist()
+    if kept is None:
+        assert rewards == buffer[:]["next", "reward"].squeeze(-1).tolist()
+        return
+    assert rewards == list(map(float, kept))
+    # The next writes fill any room, then replace the oldest row first: as a buffer that had taken these writes.
+    new = capacity - len(kept) + 1
+    restored.extend(numbered(new, start=100))
+    expected = [*list(kept)[1:], *range(100, 100 + new)]
+    assert sorted(restored[:]["next", "reward"].squeeze(-1).tolist()) == list(map(float, expected))
