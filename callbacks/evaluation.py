@@ -86,11 +86,13 @@ class Evaluation(Callback):
         max_steps = data.transitions(self.max_episode_steps)
         with showing_phase(trainer, f"evaluation: {self.episodes} episodes"):
             returns = evaluate_policy(self.env, pl_module.evaluation_policy, max_steps)
-            mean, std = float(returns.mean()), float(returns.std(unbiased=False))
-            self.history.append((data.env_steps, mean))
-            metrics = {"eval/return_mean": mean, "eval/return_std": std}
-            if self.also_actor and pl_module.evaluation_policy is not pl_module.policy:
-                metrics["eval/actor_return_mean"] = float(evaluate_policy(self.env, pl_module.policy, max_steps).mean())
+            also_actor = self.also_actor and pl_module.evaluation_policy is not pl_module.policy
+            actor_returns = evaluate_policy(self.env, pl_module.policy, max_steps) if also_actor else None
+        mean, std = float(returns.mean()), float(returns.std(unbiased=False))
+        self.history.append((data.env_steps, mean))
+        metrics = {"eval/return_mean": mean, "eval/return_std": std}
+        if actor_returns is not None:
+            metrics["eval/actor_return_mean"] = float(actor_returns.mean())
         log_now(trainer, {**metrics, "time/eval_s": time.perf_counter() - started})
         actor = f" (actor {metrics['eval/actor_return_mean']:.1f})" if "eval/actor_return_mean" in metrics else ""
         pl_module.print(f"epoch {trainer.current_epoch}: env steps {data.env_steps}, eval return {mean:.1f} ± {std:.1f}{actor}")

@@ -132,14 +132,14 @@ class NMBRLCLI(LightningCLI):
         # seed_everything() without a seed warns and takes 0: draw the seed here.
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("seed_everything") is True:
-            config.seed_everything = random.SystemRandom().randrange(2**31)
+            config.seed_everything = random_seed()
         super()._set_seed()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         # The seed Lightning has set (drawn for `true`, see _set_seed); `false` seeds nothing, and the env a random seed.
         seed = config.seed_everything
-        config.data.seed = random.SystemRandom().randrange(2**31) if isinstance(seed, bool) else seed
+        config.data.seed = random_seed() if isinstance(seed, bool) else seed
         threads = config.torch_threads
         if threads == "auto":
             threads = auto_torch_threads(trainer_processes(config.trainer.devices))
@@ -273,6 +273,11 @@ def default_experiment_name(config: Namespace) -> str:
     return f"{algorithm}-{config.data.env.lower()}"
 
 
+def random_seed() -> int:
+    """A seed from the OS's entropy, not from the generators the run is about to seed."""
+    return random.SystemRandom().randrange(2**31)
+
+
 # Agent settings that a resumed fit takes from its config: they steer the updates, and no tensor
 # of the checkpoint holds them. The others (network sizes, LayerNorm, the averaged policy, gamma,
 # the target entropy) are the checkpoint's, as its weights and buffers are.
@@ -378,11 +383,13 @@ def with_a_config(args: list[str]) -> list[str]:
     ``fit`` gets ``configs/mbpo.yaml``; ``test`` the ``config.yaml`` of the checkpoint's run folder,
     as the agent and env must match the checkpoint's (ConfigError where there is none to find).
     """
-    if not args or args[0] not in ("fit", "test") or not DEFAULT_CONFIG.is_file():
+    if not args or args[0] not in ("fit", "test"):
         return args
     if any(arg in ("--config", "-c", "-h", "--help") or arg.startswith("--config=") for arg in args[1:]):
         return args
     if args[0] == "fit":
+        if not DEFAULT_CONFIG.is_file():  # installed without the repository's configs/
+            return args
         shown = os.path.relpath(DEFAULT_CONFIG)
         say(f"No --config given: training with {shown} (MBPO on cartpole-swingup; configs/ holds the others).")
         return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
