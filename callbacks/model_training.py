@@ -18,6 +18,7 @@ from nmbrl.checkpoints import take_configured_hyperparameters
 from nmbrl.envs.termination import termination_rule
 from nmbrl.errors import ConfigError
 from nmbrl.interrupt import stop_requested
+from nmbrl.random_streams import WORLD_MODEL, RandomStream
 from nmbrl.schedule import next_due
 from nmbrl.tracking import log_now
 from nmbrl.world_model import EnsembleWorldModel
@@ -49,6 +50,7 @@ class WorldModelTraining(Callback):
         self.next_training_at = 0
         self.version = 0
         self.trained_on = 0
+        self.stream: RandomStream | None = None  # the retrainings' random numbers (nmbrl.random_streams)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.world_model.network is None:
@@ -66,7 +68,9 @@ class WorldModelTraining(Callback):
             return
         self.next_training_at = next_due(env_steps, self.every)
         started = time.perf_counter()
-        with showing_phase(trainer, "world model: retraining") as show:
+        if self.stream is None:  # concurrent mode's world-model process draws from the same stream
+            self.stream = RandomStream.of_run(WORLD_MODEL)
+        with showing_phase(trainer, "world model: retraining") as show, self.stream.active():
             metrics = train_world_model(
                 trainer.strategy,
                 self.world_model,

@@ -14,6 +14,7 @@ from nmbrl.concurrent.shared import SharedReplayBuffer, SharedWeights, module_we
 from nmbrl.concurrent.supervisor import StopSignal
 from nmbrl.data.collect import make_collector
 from nmbrl.envs import make_env
+from nmbrl.random_streams import COLLECTOR
 from nmbrl.tracking import RoleLogger
 
 
@@ -52,7 +53,7 @@ class CollectorRole:
     log_every_s: float = 10.0
     threads: int = 1
     nice: int = 0
-    name: str = "collector"
+    name: str = COLLECTOR  # also the name of its random stream (nmbrl.random_streams)
 
     def run(self, should_stop: StopSignal) -> None:
         env = make_env(self.env_name, seed=self.seed, action_repeat=self.action_repeat)

@@ -7,16 +7,15 @@ import queue
 import signal
 import time
 import traceback
-import zlib
 from multiprocessing import parent_process
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
+from nmbrl.random_streams import role_seed
 from nmbrl.errors import RoleFailed
 
 
@@ -41,16 +40,6 @@ class StopSignal:
 
     def __call__(self) -> bool:
         return self.event.is_set() or not parent_process().is_alive()
-
-
-def role_seed(run_seed: int, name: str) -> int:
-    """The seed of role ``name``'s process: a function of the run's seed, different for each role and from the run's own.
-
-    A spawned process starts with an unseeded generator, so without it a role's random numbers
-    (the collector's exploration and random actions, the world model's bootstraps, holdout and
-    batches) would differ on every run of the same seed.
-    """
-    return int(np.random.SeedSequence([run_seed, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
 def role_main(role: Role, seed: int, stop_event, errors, results) -> None:

@@ -13,6 +13,7 @@ from tensordict import TensorDictBase
 from nmbrl.concurrent.pacing import POLL_S
 from nmbrl.concurrent.shared import SharedReplayBuffer, SharedWeights, module_weights
 from nmbrl.concurrent.supervisor import StopSignal
+from nmbrl.random_streams import WORLD_MODEL
 from nmbrl.schedule import next_due
 from nmbrl.tracking import RoleLogger
 from nmbrl.world_model import EnsembleWorldModel
@@ -49,7 +50,7 @@ class WorldModelRole:
     logger: RoleLogger
     threads: int = 1
     nice: int = 0
-    name: str = "world_model"
+    name: str = WORLD_MODEL  # also the name of its random stream (nmbrl.random_streams)
 
     def run(self, should_stop: StopSignal) -> bytes:
         """Retrain while the role runs; return the final weights and optimizer state (``torch.save`` bytes)."""

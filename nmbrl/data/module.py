@@ -23,6 +23,7 @@ from nmbrl.data.collect import KeepTransitions, make_collector
 from nmbrl.data.scratch import make_scratch_folder, remove_scratch_folder
 from nmbrl.envs import EnvSpecs, check_env_name, env_specs, make_env
 from nmbrl.errors import ConfigError, check_at_least_one
+from nmbrl.random_streams import COLLECTOR, RandomStream
 
 # Evaluation episodes run on an environment seeded this far from the training seed.
 EVAL_SEED_OFFSET = 10_000
@@ -131,6 +132,7 @@ class RLDataModule(LightningDataModule):
         self._collector = None
         self._collector_iter: Iterator | None = None
         self._episodes: KeepTransitions | None = None
+        self._collection_stream: RandomStream | None = None
         self._batch_stream: BatchStream | None = None
 
     @property
@@ -218,16 +220,22 @@ class RLDataModule(LightningDataModule):
     # --- real data ------------------------------------------------------------------------------
 
     def collect(self, transitions: int) -> None:
-        """Take ``transitions`` real transitions (``action_repeat`` env steps each) with the exploration policy."""
-        if self._collector_iter is None:
-            module = self.trainer.lightning_module
-            random_transitions = self.transitions(max(self.random_steps - self.env_steps, 0))
-            self._collector, self._episodes = make_collector(
-                self.env, module.policy, self.real_buffer, random_transitions, module.device
-            )
-            self._collector_iter = iter(self._collector)
-        for _ in range(transitions):
-            next(self._collector_iter)
+        """Take ``transitions`` real transitions (``action_repeat`` env steps each) with the exploration policy.
+
+        Its random numbers come from the run's collector stream, as in concurrent mode's collector process.
+        """
+        if self._collection_stream is None:
+            self._collection_stream = RandomStream.of_run(COLLECTOR)
+        with self._collection_stream.active():
+            if self._collector_iter is None:
+                module = self.trainer.lightning_module
+                random_transitions = self.transitions(max(self.random_steps - self.env_steps, 0))
+                self._collector, self._episodes = make_collector(
+                    self.env, module.policy, self.real_buffer, random_transitions, module.device
+                )
+                self._collector_iter = iter(self._collector)
+            for _ in range(transitions):
+                next(self._collector_iter)
         self.env_steps += transitions * self.action_repeat
 
     @property
