@@ -89,6 +89,7 @@ class WorldModelTraining(Callback):
             "optimizer": self.world_model.optimizer.state_dict(),
             "next_training_at": self.next_training_at,
             "trained_on": self.trained_on,
+            **({"stream": self.stream.state_dict()} if self.stream is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -99,6 +100,8 @@ class WorldModelTraining(Callback):
         self.world_model.optimizer.load_state_dict(state_dict["optimizer"])
         self.next_training_at = state_dict["next_training_at"]
         self.trained_on = state_dict.get("trained_on", 0)  # absent from checkpoints before it was kept
+        if "stream" in state_dict:  # absent in concurrent mode and in checkpoints before it was kept
+            self.stream = RandomStream.from_state_dict(state_dict["stream"])
 
 
 def train_world_model(

@@ -6,12 +6,10 @@ the RNG states and the MLflow run it belongs to.
 
 from __future__ import annotations
 
-import random
 import signal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
@@ -19,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from nmbrl.checkpoints import CHECKPOINT_KEY
 from nmbrl.errors import RoleFailed, TrainingDiverged
 from nmbrl.interrupt import interrupt
+from nmbrl.random_streams import checkpoint_states, main_generator_states, set_main_generator_states, states_from_checkpoint
 from nmbrl.tracking import EnvStepMLFlowLogger, run_dir
 
 # The exceptions that end fit with a final checkpoint: each is raised at a safe point, between updates.
@@ -165,22 +164,13 @@ def final_checkpoint_path(trainer: Trainer) -> Path:
 
 def rng_states() -> dict[str, Any]:
     """The global RNG states, as tensors and tuples (loadable with ``torch.load(weights_only=True)``)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-        "python": random.getstate(),
-    }
+    states = checkpoint_states(main_generator_states())
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    set_main_generator_states(states_from_checkpoint(states))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

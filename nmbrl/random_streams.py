@@ -17,6 +17,7 @@ import random
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,16 @@ class RandomStream:
             self.states = main_generator_states()
             set_main_generator_states(main)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is, for a checkpoint, so that a resumed run goes on drawing where it stopped."""
+        return {"seed": self.seed, **checkpoint_states(self.states)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> RandomStream:
+        stream = cls(state["seed"])
+        stream.states = states_from_checkpoint(state)
+        return stream
+
 
 def main_generator_states() -> tuple:
     return torch.get_rng_state(), np.random.get_state(), random.getstate()
@@ -71,3 +82,19 @@ def set_main_generator_states(states: tuple) -> None:
     torch.set_rng_state(states[0])
     np.random.set_state(states[1])
     random.setstate(states[2])
+
+
+def checkpoint_states(states: tuple) -> dict[str, Any]:
+    """Generator states as tensors and tuples, loadable with ``torch.load(weights_only=True)``."""
+    torch_state, (kind, keys, position, has_gauss, cached), python_state = states
+    return {
+        "torch": torch_state,
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "python": python_state,
+    }
+
+
+def states_from_checkpoint(states: dict[str, Any]) -> tuple:
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    version, internal, gauss = states["python"]
+    return states["torch"], (kind, keys.numpy().astype(np.uint32), position, has_gauss, cached), (version, tuple(internal), gauss)

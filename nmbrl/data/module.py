@@ -203,6 +203,8 @@ class RLDataModule(LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"env_steps": self.env_steps, "real_buffer": buffer_state(self.real_buffer)}
+        if self._collection_stream is not None:
+            state["collection_stream"] = self._collection_stream.state_dict()
         if self.model_buffer is not None and self.checkpoint_model_buffer:
             state["model_buffer"] = buffer_state(self.model_buffer)
             state["model_buffer_capacity"] = self.model_buffer_capacity
@@ -210,6 +212,8 @@ class RLDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.env_steps = state_dict["env_steps"]
+        if "collection_stream" in state_dict:  # absent in concurrent mode and in checkpoints before it was kept
+            self._collection_stream = RandomStream.from_state_dict(state_dict["collection_stream"])
         load_buffer_state(self.real_buffer, state_dict["real_buffer"])
         if "model_buffer" in state_dict:
             self.resize_model_buffer(state_dict["model_buffer_capacity"])
