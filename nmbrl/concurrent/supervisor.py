@@ -15,8 +15,8 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
-from nmbrl.random_streams import role_seed
 from nmbrl.errors import RoleFailed
+from nmbrl.random_streams import role_seed
 
 
 class Role(Protocol):
