@@ -1,10 +1,12 @@
-"""Sync mode computes exactly what it computed before concurrent mode was moved out of the data module.
+"""Sync mode computes exactly what it computed at a reference commit, for refactors such as moving concurrent mode out of the data module.
 
-The oracle is the code itself at ``REFERENCE``, the last commit before that change, unpacked from
+The oracle is the code itself at ``REFERENCE`` (first 74890ca, the last commit before that move), unpacked from
 git beside the work tree: both trees run the same short ``configs/mbpo.yaml`` job with one seed, and
 their eval returns and final checkpoints (agent, optimizer, both buffers, world model) must be
 equal bit for bit. A later commit that changes sync mode's numbers on purpose moves ``REFERENCE``
-to itself and says so.
+to itself and says so: 295a2d5 is the first commit where sync mode draws its collection and its
+retrainings from the roles' random streams (3741e5c, which changes every seed's numbers) and keeps
+them in its checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import mlflow
 import torch
 from cli_runner import ROOT, TINY, TINY_MBPO, only_run, store_args
 
-REFERENCE = "74890ca"
+REFERENCE = "295a2d5"
 JOB = ["fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, "--data.updates_per_step", "2", "--seed_everything", "3"]
 COMPARED = ("state_dict", "optimizer_states", "RLDataModule", "WorldModelTraining", "BranchedRollouts", "Evaluation")
 
