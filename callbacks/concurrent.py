@@ -127,7 +127,7 @@ class CollectorProcess(Callback):
         self.policy = SharedWeights(published_policy(pl_module, updates))
         self.policy.publish(published_policy(pl_module, updates))
         self.next_publish_at = next_due(updates, self.publish_every)
-        self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s)
+        self.process = RoleProcess(self.make_role(trainer, pl_module, shared), self.stop_timeout_s, resumed_at=data.env_steps)
         self.process.start()
         self.collection = RemoteCollection(shared.env_steps, self.agent_updates, self.pacing, self.process.check)
         self._since = (time.perf_counter(), 0.0)
@@ -237,7 +237,7 @@ class WorldModelTrainingProcess(WorldModelTraining):
         agent_threads = torch.get_num_threads()
         while_retraining = threads_beside(agent_threads, self.threads, available_cores())
         self.lending = ThreadLending(CONTEXT.Value("b", 0, lock=False), agent_threads, while_retraining)
-        self.process = RoleProcess(self.make_role(trainer, collector.shared), self.stop_timeout_s)
+        self.process = RoleProcess(self.make_role(trainer, collector.shared), self.stop_timeout_s, resumed_at=trainer.datamodule.env_steps)
         self.process.start()
 
     def make_role(self, trainer: Trainer, shared: SharedRealData) -> WorldModelRole:

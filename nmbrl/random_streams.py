@@ -9,6 +9,9 @@ the same two from the same streams (``RandomStream``), the agent's from the main
 So for a seed, sync mode and concurrent mode's lockstep are the same computation, number for
 number on CPU, and the modes can be compared on common random numbers. It also keeps the agent's
 random numbers apart from, say, how many batches the world model's early stopping takes.
+
+A resumed sync run goes on drawing where its checkpoint's streams stopped; a resumed role process
+draws from a new stream (``segment_stream``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,17 @@ def role_seed(run_seed: int, name: str) -> int:
     would differ on every run of the same seed.
     """
     return int(np.random.SeedSequence([run_seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def segment_stream(name: str, resumed_at: int) -> str:
+    """The stream a role process of a run resumed at ``resumed_at`` env steps draws from: ``name`` itself from the start.
+
+    A role process cannot hand back where its stream stands at each checkpoint, so a resumed role
+    would start its stream again and draw, say, the collector's first exploration noise a second
+    time. Each resumed stretch draws from a stream of its own instead, the same one whenever the run
+    resumes from the same checkpoint. (Sync mode saves its streams in the checkpoint and goes on.)
+    """
+    return name if resumed_at == 0 else f"{name}, resumed at {resumed_at}"
 
 
 class RandomStream:

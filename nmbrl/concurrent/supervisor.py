@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
 from nmbrl.errors import RoleFailed
-from nmbrl.random_streams import role_seed
+from nmbrl.random_streams import role_seed, segment_stream
 
 
 class Role(Protocol):
@@ -64,9 +64,11 @@ class RoleProcess:
     Args:
         role: What the process runs; pickled into it, so everything it holds must be shareable.
         stop_timeout_s: Seconds a stopping role gets to finish before it is killed.
+        resumed_at: Env steps of the checkpoint the run resumed from (0 for a new run); it picks the
+            role's random stream (``nmbrl.random_streams.segment_stream``).
     """
 
-    def __init__(self, role: Role, stop_timeout_s: float = 10.0) -> None:
+    def __init__(self, role: Role, stop_timeout_s: float = 10.0, resumed_at: int = 0) -> None:
         self.role = role
         self.stop_timeout_s = stop_timeout_s
         self.stop_event = CONTEXT.Event()
@@ -75,7 +77,7 @@ class RoleProcess:
         self.process = CONTEXT.Process(
             target=role_main,
             # The run's seed (``seed_everything`` in the parent) is the parent generator's initial seed.
-            args=(role, role_seed(torch.initial_seed(), role.name), self.stop_event, self.errors, self.results),
+            args=(role, role_seed(torch.initial_seed(), segment_stream(role.name, resumed_at)), self.stop_event, self.errors, self.results),
             name=f"nmbrl-{role.name}",
             daemon=True,  # a safety net: multiprocessing terminates daemons when the parent exits
         )

@@ -94,10 +94,10 @@ def test_a_stopped_role_returns_its_result_and_its_process_ends():
     assert role.stop() is None  # a second stop is harmless
 
 
-def draws(seed: int, name: str = "drawer") -> list[float]:
-    """What a Drawer role draws in a run seeded with ``seed``."""
+def draws(seed: int, name: str = "drawer", resumed_at: int = 0) -> list[float]:
+    """What a Drawer role draws in a run seeded with ``seed`` (resumed at ``resumed_at`` env steps)."""
     seed_everything(seed, verbose=False)
-    role = RoleProcess(Drawer(name=name))
+    role = RoleProcess(Drawer(name=name), resumed_at=resumed_at)
     role.start()
     drawn = role.results.get(timeout=60)
     role.process.join(timeout=60)
@@ -114,6 +114,18 @@ def test_a_role_process_draws_from_the_runs_seed():
     assert draws(3, name="other") != first  # each role has its own stream
     seed_everything(3, verbose=False)
     assert torch.rand(2).tolist() != first[:2]  # and not the run's own
+
+
+def test_a_resumed_role_draws_a_stream_of_its_own():
+    # A role process cannot hand its stream's position back at each checkpoint: resumed, it must not
+    # draw its first numbers (the collector's first exploration noise) again, and a resume from the
+    # same checkpoint must still be repeatable.
+    fresh = draws(3)
+    resumed = draws(3, resumed_at=5000)
+    assert resumed != fresh
+    assert draws(3, resumed_at=5000) == resumed
+    assert draws(3, resumed_at=6000) not in (fresh, resumed)
+    assert draws(3, resumed_at=0) == fresh  # a new run keeps sync mode's streams (lockstep = sync)
 
 
 def test_a_role_runs_at_its_priority():
