@@ -71,13 +71,14 @@ class RoleProcess:
     def __init__(self, role: Role, stop_timeout_s: float = 10.0, resumed_at: int = 0) -> None:
         self.role = role
         self.stop_timeout_s = stop_timeout_s
+        # The run's seed (``seed_everything`` in the parent) is the parent generator's initial seed.
+        self.seed = role_seed(torch.initial_seed(), segment_stream(role.name, resumed_at))
         self.stop_event = CONTEXT.Event()
         self.errors = CONTEXT.Queue()
         self.results = CONTEXT.Queue()
         self.process = CONTEXT.Process(
             target=role_main,
-            # The run's seed (``seed_everything`` in the parent) is the parent generator's initial seed.
-            args=(role, role_seed(torch.initial_seed(), segment_stream(role.name, resumed_at)), self.stop_event, self.errors, self.results),
+            args=(role, self.seed, self.stop_event, self.errors, self.results),
             name=f"nmbrl-{role.name}",
             daemon=True,  # a safety net: multiprocessing terminates daemons when the parent exits
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import torch
 from lightning.pytorch import Callback
 
 from callbacks.concurrent import collector_process_of
@@ -29,11 +30,15 @@ class RecordSchedule(Callback):
 
 
 class RecordFirstPolicy(Callback):
-    """Writes, when training starts (before any batch has ended), the agent's update count and the
-    version and update stamp of the policy the collector was handed, to ``$NMBRL_PROBE_DIR/first_policy.json``."""
+    """Writes, when training starts (before any batch has ended), the agent's update count, the
+    version and update stamp of the policy the collector was handed, the run's seed and the seeds
+    of the role processes, to ``$NMBRL_PROBE_DIR/first_policy.json``."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        version, weights = collector_process_of(trainer).policy.read()
+        collector = collector_process_of(trainer)
+        version, weights = collector.policy.read()
         record = {"global_step": trainer.global_step, "version": version, "stamp": int(weights["agent_updates"])}
+        record["run_seed"] = torch.initial_seed()
+        record["role_seeds"] = {role.name: role.seed for role in (collector.process, model_training_of(trainer).process)}
         with open(os.path.join(os.environ["NMBRL_PROBE_DIR"], "first_policy.json"), "w") as file:
             json.dump(record, file)

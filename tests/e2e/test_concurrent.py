@@ -16,6 +16,8 @@ import torch
 from cli_runner import ROOT, TINY, TINY_MBPO, only_run, run_cli, store_args
 from lifecycle_runner import group_alive
 
+from nmbrl.random_streams import COLLECTOR, WORLD_MODEL, role_seed, segment_stream
+
 ASYNC = ["fit", "--config", "configs/mbpo_async.yaml", *TINY, *TINY_MBPO, "--collection.log_every_s", "1"]
 ROLE_METRICS = {
     "collector": {"collector/env_steps_per_s", "collector/policy_version", "collector/policy_age_updates", "pacing/update_ratio"},
@@ -101,7 +103,11 @@ def test_ctrl_c_stops_every_role_with_a_final_checkpoint_that_resumes(store: Pat
     # The collector was handed the resumed policy stamped with the resumed update count, so that its
     # policy ages are right from the first step (not counted from 0).
     first_policy = json.loads((store / "first_policy.json").read_text())
+    role_seeds, run_seed = first_policy.pop("role_seeds"), first_policy.pop("run_seed")
     assert first_policy == {"global_step": saved["global_step"], "version": 1, "stamp": saved["global_step"]}
+    # The roles draw on from streams of their own, not from the start of the run's streams again.
+    assert role_seeds == {name: role_seed(run_seed, segment_stream(name, env_steps)) for name in (COLLECTOR, WORLD_MODEL)}
+    assert role_seeds[COLLECTOR] != role_seed(run_seed, COLLECTOR)
     assert "before the epoch ended" not in output  # Lightning's warning about loaders that cannot resume
     run = only_run(store)  # the same MLflow run, continued
     assert run.info.status == "FINISHED"
