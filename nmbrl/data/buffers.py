@@ -73,12 +73,21 @@ def sample_mixed_batches(
 
 
 def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None = None) -> ReplayBuffer:
-    """A buffer of ``capacity`` holding (up to capacity) the transitions of ``buffer``."""
+    """A buffer of ``capacity`` holding the newest ``capacity`` transitions of ``buffer``, oldest first.
+
+    Written oldest first, so the new buffer also overwrites its oldest rows first once it is full.
+    """
     new = make_replay_buffer(capacity, scratch_dir)
     if buffer is not None and len(buffer) > 0:
-        kept = buffer[:]
-        new.extend(kept[-capacity:] if len(kept) > capacity else kept)
+        writer = buffer.writer.state_dict()
+        kept = in_write_order(buffer[:], writer["_cursor"], writer["_write_count"] > len(buffer))
+        new.extend(kept[-capacity:])
     return new
+
+
+def in_write_order(rows: TensorDictBase, cursor: int, has_wrapped: bool) -> TensorDictBase:
+    """A ring buffer's rows (in storage order) oldest first: once it has wrapped, the oldest row is at the writer's ``cursor``."""
+    return torch.cat([rows[cursor:], rows[:cursor]]) if has_wrapped else rows
 
 
 def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
@@ -110,8 +119,7 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     storage = state["_storage"]
     if FILLED_ROWS in storage and not fits_as_saved(state, buffer.storage.max_size):
         rows = TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]])
-        cursor = state["_writer"]["_cursor"]
-        written = torch.cat([rows[cursor:], rows[:cursor]]) if wrapped(state) else rows
+        written = in_write_order(rows, state["_writer"]["_cursor"], wrapped(state))
         buffer.empty()
         buffer.extend(written[-buffer.storage.max_size :])
         return

@@ -22,7 +22,7 @@ from nmbrl.data import (
     model_buffer_capacity,
     sample_mixed_batch,
 )
-from nmbrl.data.buffers import sample_mixed_batches
+from nmbrl.data.buffers import make_replay_buffer, resized, sample_mixed_batches
 from nmbrl.errors import ConfigError
 
 BATCH_SIZE = 256
@@ -220,6 +220,21 @@ def test_model_buffer_can_live_in_memory_mapped_files(tmp_path) -> None:
 
     data.teardown("fit")
     assert not any(tmp_path.iterdir())
+
+
+def test_resizing_a_buffer_that_has_wrapped_keeps_the_newest_rows_and_overwrites_the_oldest_first() -> None:
+    def write_numbers(buffer: ReplayBuffer) -> list[int]:
+        return [int(r) for r in buffer[:]["next", "reward"].flatten()]
+
+    ring = make_replay_buffer(5)
+    ring.extend(numbered(7))  # rows 5 and 6 have overwritten 0 and 1: storage order 5, 6, 2, 3, 4
+    assert write_numbers(ring) == [5, 6, 2, 3, 4]
+
+    assert write_numbers(resized(ring, 3)) == [4, 5, 6]  # shrinking keeps the newest, not storage order's last (2, 3, 4)
+
+    grown = resized(ring, 7)
+    grown.extend(numbered(3, start=100))  # fills the two free rows, then overwrites one
+    assert sorted(write_numbers(grown)) == [3, 4, 5, 6, 100, 101, 102]  # 2, the oldest, went first (not 5, the second newest)
 
 
 def test_scratch_folders_of_dead_processes_are_removed_by_the_next_run(tmp_path) -> None:
