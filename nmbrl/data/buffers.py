@@ -79,15 +79,17 @@ def resized(buffer: ReplayBuffer | None, capacity: int, scratch_dir: str | None 
     """
     new = make_replay_buffer(capacity, scratch_dir)
     if buffer is not None and len(buffer) > 0:
-        writer = buffer.writer.state_dict()
-        kept = in_write_order(buffer[:], writer["_cursor"], writer["_write_count"] > len(buffer))
-        new.extend(kept[-capacity:])
+        new.extend(in_write_order(buffer[:], buffer.writer.state_dict())[-capacity:])
     return new
 
 
-def in_write_order(rows: TensorDictBase, cursor: int, has_wrapped: bool) -> TensorDictBase:
-    """A ring buffer's rows (in storage order) oldest first: once it has wrapped, the oldest row is at the writer's ``cursor``."""
-    return torch.cat([rows[cursor:], rows[:cursor]]) if has_wrapped else rows
+def in_write_order(rows: TensorDictBase, writer: dict[str, Any]) -> TensorDictBase:
+    """A ring buffer's filled rows (storage order) oldest first, given its writer's state.
+
+    Once the writer has written more rows than there are, it has wrapped, and the oldest row is at its cursor.
+    """
+    cursor = writer["_cursor"]
+    return torch.cat([rows[cursor:], rows[:cursor]]) if writer["_write_count"] > len(rows) else rows
 
 
 def buffer_state(buffer: ReplayBuffer) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def load_buffer_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     storage = state["_storage"]
     if FILLED_ROWS in storage and not fits_as_saved(state, buffer.storage.max_size):
         rows = TensorDict(storage[FILLED_ROWS], batch_size=[storage["_len"]])
-        written = in_write_order(rows, state["_writer"]["_cursor"], wrapped(state))
+        written = in_write_order(rows, state["_writer"])
         buffer.empty()
         buffer.extend(written[-buffer.storage.max_size :])
         return
