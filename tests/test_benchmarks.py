@@ -3,11 +3,16 @@
 import sys
 from pathlib import Path
 
+import torch
+
+from nmbrl.random_streams import RandomStream
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from concurrent_vs_sync import Result, first_reaching, mean_return, seed_interval  # noqa: E402
 from concurrent_vs_sync import table as ablation_table  # noqa: E402
 from learning_curves import create_store, curves, run_one, table  # noqa: E402
+from main_generators import MainGenerators  # noqa: E402
 
 
 def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
@@ -280,3 +285,20 @@ def test_the_ratio_to_sync_comes_with_a_seed_bootstrap_interval_from_three_seeds
     # Spread per-seed ratios: the interval holds the ratio of the sums and lies within the per-seed extremes.
     point = (400 * 0.6 + 300 * 1.3 + 350 * 0.8 + 250 * 1.2) / 1300
     assert 0.6 < low < point < high < 1.3
+
+
+def test_the_main_generators_probe_puts_a_stream_s_draws_on_the_main_generators(monkeypatch):
+    monkeypatch.setattr(RandomStream, "active", RandomStream.active)  # the probe's patch is undone after the test
+    stream = RandomStream(123)
+    torch.manual_seed(0)
+    main_draw = torch.rand(1)
+    torch.manual_seed(0)
+    with stream.active():
+        own_draw = torch.rand(1)
+    assert not torch.equal(own_draw, main_draw)  # the control: as shipped, the stream draws its own numbers
+
+    MainGenerators()
+    torch.manual_seed(0)
+    with stream.active():
+        probe_draw = torch.rand(1)
+    assert torch.equal(probe_draw, main_draw)
