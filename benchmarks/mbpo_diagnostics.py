@@ -4,7 +4,8 @@ When MBPO learns less than the paper on a task, these say whether the run did wh
 does, one check per suspect, each measured on what the run itself stored or logged:
 
 - termination: the rule the world model uses against the ``terminated`` flags of every real
-  transition, and in live episodes of the trained policy (gymnasium, float64);
+  transition, and in live episodes of the trained policy (gymnasium raw, in float64; dm_control
+  tasks through the run's own TorchRL env);
 - rollout schedule: the logged rollout horizon at each env step against the paper's, whose
   epochs count from the end of the random steps;
 - real ratio: the share of real rows in the batches the data module draws, and its spread from
@@ -18,9 +19,10 @@ does, one check per suspect, each measured on what the run itself stored or logg
 - value estimates: the critics' Q on the states and actions of live episodes against the
   discounted return that followed, which shows over-estimation (the policy exploiting the model).
 
-Example (issue 25):
+Examples (issue 25's Hopper run, and the default job):
 
     python benchmarks/mbpo_diagnostics.py /work/runs/hopper/runs/2/<run id>/checkpoints/last.ckpt
+    python benchmarks/mbpo_diagnostics.py runs/1/<run id>/checkpoints/last.ckpt
 
 It prints one table; ``ok`` is blank where a row is information rather than a check.
 """
@@ -254,7 +256,10 @@ def mean_over_last(values: list[tuple[int, float]], since: int) -> float:
 
 
 def check_target_entropy(run: Run, paper_target: float | None) -> Finding:
-    target = float(run.checkpoint["hyper_parameters"]["target_entropy"])
+    target = run.checkpoint["hyper_parameters"]["target_entropy"]
+    if target == "auto":  # what SACLoss resolved it to: minus the action size
+        target = run.checkpoint["state_dict"]["loss_module._target_entropy"].item()
+    target = float(target)
     entropy, alpha = run.metrics.get("train/entropy", []), run.metrics.get("train/alpha", [])
     since = (entropy[-1][0] - 5000) if entropy else 0
     measured = f"target {target:g}; logged entropy {mean_over_last(entropy, since):.2f}, alpha {mean_over_last(alpha, since):.3f} over the last 5k env steps"
@@ -287,15 +292,83 @@ def check_random_steps(run: Run) -> list[Finding]:
     ]
 
 
-def live_episodes(run: Run, episodes: int, seed: int = 12345) -> tuple[list[Finding], TensorDict]:
-    """Episodes of the deterministic policy in the real env (float64): termination, behaviour, values.
+@dataclass
+class Episode:
+    """One episode of the trained policy in the real env: flat float32 observations, as training saw them."""
 
-    Also returns their transitions, which no model of the run has seen.
+    observations: list[np.ndarray]
+    actions: list[np.ndarray]
+    rewards: list[float]
+    transitions: list[TensorDict]
+    truncated: bool
+    terminal_disagreements: int  # steps where the termination rule and the env disagree
+    forward: float | None  # displacement along qpos[0] (gymnasium), None for dm_control
+
+
+def gymnasium_episode(env, trained, rule, seed: int) -> Episode:
+    """Steps the raw gymnasium env (float64), so that the termination rule is checked on what the env gives."""
+    observation, _ = env.reset(seed=seed)
+    x_start = float(env.unwrapped.data.qpos[0])
+    episode = Episode([], [], [], [], False, 0, None)
+    while True:
+        action = trained.act(observation)
+        next_observation, reward, terminated, truncated, _ = env.step(action)
+        episode.observations.append(np.asarray(observation, dtype=np.float32))
+        episode.actions.append(action)
+        episode.rewards.append(float(reward))
+        episode.transitions.append(transition(observation, action, reward, next_observation, terminated))
+        if rule is not None:
+            ruled = bool(rule(torch.as_tensor(next_observation, dtype=torch.float64)).item())
+            episode.terminal_disagreements += ruled != terminated
+        observation = next_observation
+        if terminated or truncated:
+            episode.truncated = bool(truncated)
+            episode.forward = float(env.unwrapped.data.qpos[0]) - x_start
+            return episode
+
+
+def dm_control_episode(env_name: str, action_repeat: int, trained, rule, seed: int) -> Episode:
+    """Steps the run's own TorchRL env (``make_env``): dm_control observations flattened as in training."""
+    from torchrl.envs.utils import step_mdp
+
+    from nmbrl.envs import make_env
+
+    env = make_env(env_name, seed=seed, action_repeat=action_repeat)
+    episode = Episode([], [], [], [], False, 0, None)
+    try:
+        step = env.reset()
+        while True:
+            observation = step["observation"]
+            step["action"] = trained.act(observation)
+            step = env.step(step)
+            after = step["next"]
+            terminated, truncated = bool(after["terminated"].item()), bool(after["truncated"].item())
+            reward = float(after["reward"].item())
+            episode.observations.append(observation.numpy())
+            episode.actions.append(step["action"].numpy())
+            episode.rewards.append(reward)
+            episode.transitions.append(transition(observation, step["action"], reward, after["observation"], terminated))
+            if rule is not None:
+                episode.terminal_disagreements += bool(rule(after["observation"]).item()) != terminated
+            if terminated or truncated:
+                episode.truncated = truncated
+                return episode
+            step = step_mdp(step)
+    finally:
+        env.close()
+
+
+def live_episodes(run: Run, episodes: int, seed: int = 12345) -> tuple[list[Finding], TensorDict]:
+    """Episodes of the deterministic policy in the real env: termination, behaviour, values.
+
+    Gymnasium envs run raw (float64), dm_control tasks through the run's TorchRL env. Also returns
+    their transitions, which no model of the run has seen.
     """
     import gymnasium as gym
 
     from nmbrl.agent.sac import SACAgent
     from nmbrl.agent.trained import TrainedAgent
+    from nmbrl.envs.make import is_gym_id
 
     record = run.record
     agent = SACAgent(**{k: v for k, v in run.checkpoint["hyper_parameters"].items() if not k.startswith("_")})
@@ -304,30 +377,19 @@ def live_episodes(run: Run, episodes: int, seed: int = 12345) -> tuple[list[Find
     trained = TrainedAgent(agent, record["env"], record["observation_dim"])
     rule = termination_rule(record["env"])
     gamma = float(run.checkpoint["hyper_parameters"]["gamma"])
-    env = gym.make(record["env"])
-    lengths, returns, disagreements, steps, forward = [], [], 0, 0, []
+    gymnasium = is_gym_id(record["env"])
+    env = gym.make(record["env"]) if gymnasium else None
+    played = []
+    for i in range(episodes):
+        if gymnasium:
+            played.append(gymnasium_episode(env, trained, rule, seed + i))
+        else:
+            played.append(dm_control_episode(record["env"], record.get("action_repeat", 1), trained, rule, seed + i))
+    if env is not None:
+        env.close()
     q_first, mc_first, ratios = [], [], []
-    seen: list[TensorDict] = []
-    for episode in range(episodes):
-        observation, _ = env.reset(seed=seed + episode)
-        observations, actions, rewards = [], [], []
-        x_start = float(env.unwrapped.data.qpos[0])
-        while True:
-            action = trained.act(observation)
-            observations.append(observation)
-            actions.append(action)
-            observation, reward, terminated, truncated, _ = env.step(action)
-            rewards.append(reward)
-            seen.append(transition(observations[-1], action, reward, observation, terminated))
-            if rule is not None:
-                ruled = bool(rule(torch.as_tensor(observation, dtype=torch.float64)).item())
-                disagreements += ruled != terminated
-            steps += 1
-            if terminated or truncated:
-                break
-        lengths.append(len(rewards))
-        returns.append(sum(rewards))
-        forward.append(float(env.unwrapped.data.qpos[0]) - x_start)
+    for episode in played:
+        rewards = episode.rewards
         # Discounted return that followed each step (cut at the time limit, so early steps only).
         to_go = np.zeros(len(rewards))
         running = 0.0
@@ -335,20 +397,20 @@ def live_episodes(run: Run, episodes: int, seed: int = 12345) -> tuple[list[Find
             running = rewards[t] + gamma * running
             to_go[t] = running
         with torch.no_grad():
-            obs = torch.as_tensor(np.array(observations), dtype=torch.float32)
-            act = torch.as_tensor(np.array(actions), dtype=torch.float32)
+            obs = torch.as_tensor(np.array(episode.observations), dtype=torch.float32)
+            act = torch.as_tensor(np.array(episode.actions), dtype=torch.float32).reshape(len(rewards), -1)
             q = critic_forward(critic_layers(agent.loss_module), obs, act).min(dim=0).values.numpy()
-        horizon = max(1, len(rewards) - 200) if truncated else len(rewards)  # where the cut-off tail matters little
+        horizon = max(1, len(rewards) - 200) if episode.truncated else len(rewards)  # where the cut-off tail matters little
         q_first.append(float(q[:horizon].mean()))
         mc_first.append(float(to_go[:horizon].mean()))
         ratios.append(q_first[-1] / max(mc_first[-1], 1e-6))
-    env.close()
+    returns = [sum(e.rewards) for e in played]
+    lengths = [len(e.rewards) for e in played]
+    behaviour = f"return {np.mean(returns):.1f}, length {np.mean(lengths):.0f}"
+    if gymnasium:
+        behaviour += f", forward {np.mean([e.forward for e in played]):+.2f} m per episode"
     found = [
-        Finding(
-            f"policy in {record['env']} ({episodes} episodes)",
-            f"return {np.mean(returns):.1f}, length {np.mean(lengths):.0f}, forward {np.mean(forward):+.2f} m per episode",
-            "-",
-        ),
+        Finding(f"policy in {record['env']} ({episodes} episodes)", behaviour, "-"),
         Finding(
             "value estimates",
             f"min-Q {np.mean(q_first):.1f} against the discounted return that followed, {np.mean(mc_first):.1f} (x{np.mean(ratios):.2f})",
@@ -357,11 +419,17 @@ def live_episodes(run: Run, episodes: int, seed: int = 12345) -> tuple[list[Find
         ),
     ]
     if rule is not None:
+        disagreements, steps = sum(e.terminal_disagreements for e in played), sum(lengths)
         found.insert(
             0,
-            Finding("termination rule (live, float64)", f"{disagreements} of {steps:,} steps disagree", "0 disagree", disagreements == 0),
+            Finding(
+                "termination rule (live, float64)" if gymnasium else "termination rule (live)",
+                f"{disagreements} of {steps:,} steps disagree",
+                "0 disagree",
+                disagreements == 0,
+            ),
         )
-    return found, torch.stack(seen)
+    return found, torch.stack([t for e in played for t in e.transitions])
 
 
 def transition(observation, action, reward, next_observation, terminated) -> TensorDict:

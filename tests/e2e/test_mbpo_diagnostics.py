@@ -1,4 +1,5 @@
-"""benchmarks/mbpo_diagnostics.py on a real checkpoint: a tiny MBPO Hopper-v5 run, as issue 25's run but short."""
+"""benchmarks/mbpo_diagnostics.py on real checkpoints: tiny MBPO runs of Hopper-v5 (issue 25's run, but
+short) and of the default job's dm_control task."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 from cli_runner import ROOT, TINY, TINY_MBPO, fitted_store, run_folder
 
 
-def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_path: Path) -> None:
-    store = fitted_store(tmp_path, "--config", "configs/mbpo_hopper.yaml", *TINY, *TINY_MBPO)
+def diagnostics(tmp_path: Path, *fit_args: str) -> tuple[dict[str, str], str]:
+    """The diagnostics' table for a tiny fit: {check: ok column}, and the whole output."""
+    store = fitted_store(tmp_path, *fit_args, *TINY, *TINY_MBPO)
     checkpoint = run_folder(store) / "checkpoints" / "last.ckpt"
     result = subprocess.run(
         [sys.executable, "benchmarks/mbpo_diagnostics.py", str(checkpoint), "--episodes", "1"],
@@ -22,6 +24,11 @@ def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_
         for line in result.stdout.splitlines()
         if line.startswith("| ") and not line.startswith("| check") and not line.startswith("| ---")
     }
+    return rows, result.stdout
+
+
+def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_path: Path) -> None:
+    rows, output = diagnostics(tmp_path, "--config", "configs/mbpo_hopper.yaml")
     # What any run of the shipped algorithm must pass, however short (the model's accuracy and the
     # entropy need training that a tiny run does not have).
     for check in (
@@ -33,5 +40,24 @@ def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_
         "first 200 actions",
         "first SAC update, first model training",
     ):
-        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{result.stdout}"
+        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{output}"
     assert {"value estimates", "imagined against real data", "one-step error per member (* elite)", "target entropy"} <= set(rows)
+
+
+def test_the_diagnostics_run_on_the_default_jobs_dm_control_task(tmp_path: Path) -> None:
+    # The default job's task and its `target_entropy: auto`: the live episode steps the run's TorchRL
+    # env (dm_control has no gymnasium id), and the target is what SACLoss resolved, minus the action size.
+    rows, output = diagnostics(tmp_path, "--config", "configs/mbpo.yaml")
+    for check in (
+        "termination rule (real buffer)",
+        "termination rule (live)",
+        "rollout schedule [1, 5, 1, 10]",
+        "real_ratio 0.25",
+        "model buffer retention",
+        "first 200 actions",
+        "first SAC update, first model training",
+    ):
+        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{output}"
+    assert "| policy in cartpole-swingup (1 episodes) | return " in output and ", length 1000 |" in output
+    assert "| target entropy | target -1; " in output
+    assert "forward" not in output  # a displacement along qpos[0] means something for gymnasium's walkers only
