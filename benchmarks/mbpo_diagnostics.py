@@ -231,7 +231,7 @@ def check_holdout_and_elites(run: Run, world_model, live: TensorDict | None) -> 
     baseline = float(((((no_change - targets) / scale) ** 2).mean()))
     elites = sorted(world_model.elites.tolist())
     best = sorted(torch.argsort(normalised_error)[: len(elites)].tolist())
-    errors = ", ".join(f"{i}{'*' if i in elites else ''}: {e:.3f}" for i, e in enumerate(normalised_error.tolist()))
+    errors = ", ".join(f"{i}{'*' if i in elites else ''}: {e:.2g}" for i, e in enumerate(normalised_error.tolist()))
     reward_error = float((world_model.target_norm.denormalize(mean)[..., 0] - targets[:, 0]).abs()[world_model.elites].mean())
     return [
         Finding(
