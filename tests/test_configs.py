@@ -99,10 +99,15 @@ def test_paper_config_carries_the_paper_values(path):
     assert world_model["weight_decays"] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4])
 
 
+# The default job and its concurrent twin learn at 1e-3 (benchmarks/RESULTS.md); the paper configs and the
+# model-free baseline keep the published 3e-4.
+AGENT_LR = {"mbpo.yaml": 1e-3, "mbpo_async.yaml": 1e-3}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
-def test_agent_optimizer_is_fused_adam_at_lr_3e_4(path):
+def test_agent_optimizer_is_fused_adam_at_its_learning_rate(path):
     optimizer = yaml.safe_load(path.read_text())["model"]["optimizer"]
 
     assert optimizer["class_path"] == "torch.optim.Adam"
     # Fused: the same update as plain Adam, in one kernel (a few percent more updates/s on CPU).
-    assert optimizer["init_args"] == {"lr": 0.0003, "fused": True}
+    assert optimizer["init_args"] == {"lr": AGENT_LR.get(path.name, 3e-4), "fused": True}

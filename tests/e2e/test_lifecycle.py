@@ -67,7 +67,7 @@ def test_a_resumed_fit_steps_with_the_configs_learning_rates_and_keeps_the_check
     assert result.returncode == 0, result.stderr[-3000:]
 
     output = result.stdout + result.stderr
-    assert "agent optimizer, from the config: lr 0.0003 -> 0.0001" in output
+    assert "agent optimizer, from the config: lr 0.001 -> 0.0001" in output
     assert "world-model optimizer, from the config: lr 0.001 -> 0.0005" in output
     assert "agent settings from the config: tau 0.005 -> 0.01." in output
     assert "kept from the checkpoint, as its networks and buffers hold them: hidden_sizes=[256, 256] (the config asks for [64, 64])" in output

@@ -20,7 +20,12 @@ import torch
 from cli_runner import ROOT, TINY, TINY_MBPO, only_run, store_args
 
 REFERENCE = "295a2d5"
-JOB = ["fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, "--data.updates_per_step", "2", "--seed_everything", "3"]
+# The agent's lr as the reference's config had it: configs/mbpo.yaml's moved from 3e-4 to 1e-3 later, a
+# change of config that this test of the code does not cover.
+JOB = [
+    "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, "--data.updates_per_step", "2", "--seed_everything", "3",
+    "--model.optimizer.init_args.lr", "0.0003",
+]  # fmt: skip
 COMPARED = ("state_dict", "optimizer_states", "RLDataModule", "WorldModelTraining", "BranchedRollouts", "Evaluation")
 
 
