@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's nmbrl, whichever one pip points at
 LAST = 3  # evaluations averaged in the table's smoothed final row
 
 
@@ -84,12 +85,20 @@ def run_one(command: list[str], log: Path, threads: int | None) -> float:
 
 
 def create_store(out: Path) -> None:
-    """Create the MLflow database and experiment up front: parallel runs would race to create them."""
+    """Create the MLflow database and experiment up front: parallel runs would race to create them.
+
+    Under the store's lock, as the runs' own loggers take it: two benchmark processes started
+    together on one fresh ``--out`` would otherwise race to create the tables and the experiment.
+    """
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    if client.get_experiment_by_name("benchmark") is None:
-        client.create_experiment("benchmark", artifact_location=(out / "mlartifacts").as_uri())
+    from nmbrl.tracking import sqlite_store_lock
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    with sqlite_store_lock(uri):
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name("benchmark") is None:
+            client.create_experiment("benchmark", artifact_location=(out / "mlartifacts").as_uri())
 
 
 def curves(out: Path) -> dict[str, dict[int, list[tuple[int, float]]]]:

@@ -1,5 +1,6 @@
 """The benchmarks' reading of runs: when one first reached the target return, the curves, the learning-curve table."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import torch
 
 from nmbrl.random_streams import RandomStream
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from concurrent_vs_sync import Result, first_reaching, mean_return, seed_interval  # noqa: E402
 from concurrent_vs_sync import table as ablation_table  # noqa: E402
@@ -302,3 +304,35 @@ def test_the_main_generators_probe_puts_a_stream_s_draws_on_the_main_generators(
     with stream.active():
         probe_draw = torch.rand(1)
     assert torch.equal(probe_draw, main_draw)
+
+
+# Each child gets ready (imports done), waits for the go file, then creates the benchmark's store.
+CREATE_STORE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from learning_curves import create_store
+go = Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+create_store(Path(sys.argv[1]))
+"""
+
+
+def test_benchmarks_started_together_on_one_fresh_out_folder_share_one_store(tmp_path):
+    # Two benchmark processes on one fresh --out raced to create MLflow's tables and the experiment.
+    import mlflow
+
+    out, go = tmp_path / "out", tmp_path / "go"
+    out.mkdir()
+    command = [sys.executable, "-c", CREATE_STORE, str(out), str(go), str(ROOT / "benchmarks")]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    go.touch()
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-2000:]
+    experiments = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()
+    assert [e.name for e in experiments if e.name == "benchmark"] == ["benchmark"]
