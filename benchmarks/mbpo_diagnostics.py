@@ -304,6 +304,15 @@ class Episode:
     terminal_disagreements: int  # steps where the termination rule and the env disagree
     forward: float | None  # displacement along qpos[0] (gymnasium), None for dm_control
 
+    def record(self, observation, action, reward: float, next_observation, terminated: bool, ruled: bool | None) -> None:
+        """One step; ``ruled`` is the termination rule's verdict on ``next_observation`` (None: no rule)."""
+        self.observations.append(np.asarray(observation, dtype=np.float32))
+        self.actions.append(np.asarray(action))
+        self.rewards.append(float(reward))
+        self.transitions.append(transition(observation, action, reward, next_observation, terminated))
+        if ruled is not None:
+            self.terminal_disagreements += ruled != terminated
+
 
 def gymnasium_episode(env, trained, rule, seed: int) -> Episode:
     """Steps the raw gymnasium env (float64), so that the termination rule is checked on what the env gives."""
@@ -313,13 +322,8 @@ def gymnasium_episode(env, trained, rule, seed: int) -> Episode:
     while True:
         action = trained.act(observation)
         next_observation, reward, terminated, truncated, _ = env.step(action)
-        episode.observations.append(np.asarray(observation, dtype=np.float32))
-        episode.actions.append(action)
-        episode.rewards.append(float(reward))
-        episode.transitions.append(transition(observation, action, reward, next_observation, terminated))
-        if rule is not None:
-            ruled = bool(rule(torch.as_tensor(next_observation, dtype=torch.float64)).item())
-            episode.terminal_disagreements += ruled != terminated
+        ruled = None if rule is None else bool(rule(torch.as_tensor(next_observation, dtype=torch.float64)).item())
+        episode.record(observation, action, reward, next_observation, terminated, ruled)
         observation = next_observation
         if terminated or truncated:
             episode.truncated = bool(truncated)
@@ -343,13 +347,8 @@ def dm_control_episode(env_name: str, action_repeat: int, trained, rule, seed: i
             step = env.step(step)
             after = step["next"]
             terminated, truncated = bool(after["terminated"].item()), bool(after["truncated"].item())
-            reward = float(after["reward"].item())
-            episode.observations.append(observation.numpy())
-            episode.actions.append(step["action"].numpy())
-            episode.rewards.append(reward)
-            episode.transitions.append(transition(observation, step["action"], reward, after["observation"], terminated))
-            if rule is not None:
-                episode.terminal_disagreements += bool(rule(after["observation"]).item()) != terminated
+            ruled = None if rule is None else bool(rule(after["observation"]).item())
+            episode.record(observation, step["action"], after["reward"].item(), after["observation"], terminated, ruled)
             if terminated or truncated:
                 episode.truncated = truncated
                 return episode

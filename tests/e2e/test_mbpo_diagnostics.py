@@ -27,11 +27,17 @@ def diagnostics(tmp_path: Path, *fit_args: str) -> tuple[dict[str, str], str]:
     return rows, result.stdout
 
 
+def assert_passed(rows: dict[str, str], output: str, checks: tuple[str, ...]) -> None:
+    """Each of ``checks`` is in the table with ``yes`` in its ok column."""
+    for check in checks:
+        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{output}"
+
+
 def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_path: Path) -> None:
     rows, output = diagnostics(tmp_path, "--config", "configs/mbpo_hopper.yaml")
     # What any run of the shipped algorithm must pass, however short (the model's accuracy and the
     # entropy need training that a tiny run does not have).
-    for check in (
+    assert_passed(rows, output, (
         "termination rule (real buffer)",
         "termination rule (live, float64)",
         "rollout schedule [20, 150, 1, 15]",
@@ -39,8 +45,7 @@ def test_the_diagnostics_of_a_correct_run_pass_every_check_of_the_algorithm(tmp_
         "model buffer retention",
         "first 200 actions",
         "first SAC update, first model training",
-    ):
-        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{output}"
+    ))  # fmt: skip
     assert {"value estimates", "imagined against real data", "one-step error per member (* elite)", "target entropy"} <= set(rows)
 
 
@@ -48,7 +53,7 @@ def test_the_diagnostics_run_on_the_default_jobs_dm_control_task(tmp_path: Path)
     # The default job's task and its `target_entropy: auto`: the live episode steps the run's TorchRL
     # env (dm_control has no gymnasium id), and the target is what SACLoss resolved, minus the action size.
     rows, output = diagnostics(tmp_path, "--config", "configs/mbpo.yaml")
-    for check in (
+    assert_passed(rows, output, (
         "termination rule (real buffer)",
         "termination rule (live)",
         "rollout schedule [1, 5, 1, 10]",
@@ -56,8 +61,7 @@ def test_the_diagnostics_run_on_the_default_jobs_dm_control_task(tmp_path: Path)
         "model buffer retention",
         "first 200 actions",
         "first SAC update, first model training",
-    ):
-        assert rows.get(check) == "yes", f"{check}: {rows.get(check)!r}\n{output}"
+    ))  # fmt: skip
     assert "| policy in cartpole-swingup (1 episodes) | return " in output and ", length 1000 |" in output
     assert "| target entropy | target -1; " in output
     assert "forward" not in output  # a displacement along qpos[0] means something for gymnasium's walkers only
