@@ -41,7 +41,7 @@ from nmbrl.data.scratch import remove_orphaned_scratch_folders
 from nmbrl.envs import env_specs_of
 from nmbrl.errors import ConfigError, TrainingDiverged
 from nmbrl.interrupt import interrupt
-from nmbrl.preflight import check_buffer_room, check_tracking_uri, check_writable_folder, transition_bytes
+from nmbrl.preflight import check_buffer_room, check_tracking_uri, check_writable_folder, rollout_bytes, transition_bytes
 from nmbrl.rollouts import rollout_horizon
 from nmbrl.tracking import SaveConfigToRun, sqlite_store_lock
 
@@ -170,7 +170,8 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
 
     The budget bounds both: the real buffer holds at most the run's transitions, and the model
     buffer's capacity follows the rollout horizon of the run's last epoch. With no epoch limit
-    (``max_epochs`` -1), the buffers' full sizes count.
+    (``max_epochs`` -1), the buffers' full sizes count. The longest rollout's working memory
+    (``rollout_bytes``) counts beside them.
     """
     specs = env_specs_of(data.env_name)
     if data.model_buffer_dir is not None and os.path.isdir(data.model_buffer_dir):
@@ -183,11 +184,12 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
     real = data.buffer_size
     if max_epochs >= 0:
         real = min(real, data.transitions(data.random_steps + max_epochs * data.epoch_length))
-    model = 0
+    model = working = 0
     if rollouts is not None:
         epochs = range(max_epochs) if max_epochs >= 0 else (0, rollouts.schedule[1])  # horizons change between these
         horizon = max((rollout_horizon(epoch, rollouts.schedule) for epoch in epochs), default=0)
         model = model_buffer_capacity(horizon, rollouts.batch_size, data.epoch_length, rollouts.every, rollouts.retain_epochs)
+        working = rollout_bytes(rollouts.batch_size, horizon, specs.observation_dim, specs.action_dim)
     check_buffer_room(
         real * per_transition,
         model * per_transition,
@@ -195,6 +197,7 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
         trainer_processes(trainer.get("devices", "auto")),
         "Lower --rollouts.batch_size or --rollouts.retain_epochs, keep the imagined data on a disk with "
         "--data.model_buffer_dir, or lower --data.buffer_size.",
+        working,
     )
 
 

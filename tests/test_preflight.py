@@ -13,7 +13,14 @@ from tensordict import TensorDict
 from nmbrl import preflight
 from nmbrl.data.buffers import make_replay_buffer
 from nmbrl.errors import ConfigError
-from nmbrl.preflight import check_buffer_room, check_tracking_uri, check_writable_folder, transition_bytes
+from nmbrl.preflight import (
+    ROLLOUT_TRANSITIONS_PER_STEP,
+    check_buffer_room,
+    check_tracking_uri,
+    check_writable_folder,
+    rollout_bytes,
+    transition_bytes,
+)
 
 
 def test_a_folder_that_can_be_created_passes_and_is_not_created(tmp_path: Path) -> None:
@@ -66,6 +73,23 @@ def test_buffers_that_outgrow_the_memory_available_are_refused(monkeypatch) -> N
     with pytest.raises(ConfigError, match=r"would grow to 12.0 GB of memory in this run, but 10.0 GB is available. FIX"):
         check_buffer_room(1 * 10**9, 5 * 10**9, None, 2, "FIX")  # two DDP ranks, each with its buffers
     check_buffer_room(4 * 10**9, 50 * 10**9, "/tmp", 1, "FIX")  # the model buffer on disk: 4 GB in memory
+
+
+def test_the_longest_rollouts_working_memory_counts_beside_the_buffers(monkeypatch) -> None:
+    monkeypatch.setattr(preflight, "available_memory", lambda: 10 * 10**9)
+    check_buffer_room(4 * 10**9, 5 * 10**9, None, 1, "FIX", working_bytes=10**9)  # 10 GB of 10
+    message = r"would grow to 11.0 GB of memory in this run \(2.0 GB of it the longest rollout's working memory\), but 10.0 GB"
+    with pytest.raises(ConfigError, match=message):
+        check_buffer_room(4 * 10**9, 5 * 10**9, None, 1, "FIX", working_bytes=2 * 10**9)
+    with pytest.raises(ConfigError, match=r"would grow to 12.0 GB .*\(10.0 GB of it the longest rollout's"):
+        check_buffer_room(2 * 10**9, 50 * 10**9, "/tmp", 1, "FIX", working_bytes=10 * 10**9)  # rolled out in memory
+
+
+def test_a_rollouts_working_memory_grows_with_its_states_steps_and_transition_size() -> None:
+    one = rollout_bytes(1000, 10, observation_dim=5, action_dim=1)
+    assert one == 1000 * 10 * ROLLOUT_TRANSITIONS_PER_STEP * transition_bytes(5, 1)
+    assert rollout_bytes(2000, 10, 5, 1) == 2 * one and rollout_bytes(1000, 20, 5, 1) == 2 * one
+    assert rollout_bytes(1000, 10, 11, 3) > one
 
 
 def test_a_memory_mapped_model_buffer_that_outgrows_its_disk_is_refused(monkeypatch, tmp_path: Path) -> None:
