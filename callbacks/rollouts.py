@@ -30,6 +30,12 @@ class BranchedRollouts(Callback):
     Args:
         every: Env steps between rollouts (MBPO rolls out right after each retraining).
         batch_size: Real start states per rollout (MBPO's ``rollout_batch_size``).
+        chunk_size: Start states rolled out together: a larger batch runs in chunks of this many, one
+            after the other, so that a rollout's working memory stays bounded (about 4 stored
+            transitions per imagined step of a chunk; the Humanoid paper config's 100,000 states x
+            24 steps would take about 27 GB in one pass). The imagined data is the same in kind and
+            buffer order; only the random draws differ from one pass, and ``drop_uncertain``'s
+            threshold is each chunk's. A batch of at most ``chunk_size`` rolls out exactly as in one pass.
         schedule: ``[epoch_start, epoch_end, min_horizon, max_horizon]``: the horizon grows linearly between the two epochs.
         retain_epochs: Epochs of imagined data the model buffer holds.
         drop_uncertain: Fraction of imagined steps, those the model is least certain of, left out
@@ -42,12 +48,13 @@ class BranchedRollouts(Callback):
         self,
         every: int = 250,
         batch_size: int = 100_000,
+        chunk_size: int = 20_000,
         schedule: list[int] = [20, 100, 1, 1],
         retain_epochs: int = 1,
         drop_uncertain: float = 0.0,
     ) -> None:
         check_rollout_schedule(schedule)
-        check_at_least_one(every=every, batch_size=batch_size, retain_epochs=retain_epochs)
+        check_at_least_one(every=every, batch_size=batch_size, chunk_size=chunk_size, retain_epochs=retain_epochs)
         if not 0.0 <= drop_uncertain < 1.0:
             raise ConfigError(
                 f"drop_uncertain={drop_uncertain} must lie in [0, 1): it is the fraction of imagined steps left out."
@@ -55,6 +62,7 @@ class BranchedRollouts(Callback):
         self.drop_uncertain = drop_uncertain
         self.every = every
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.schedule = schedule
         self.retain_epochs = retain_epochs
         self.next_rollout_at = 0
@@ -76,16 +84,18 @@ class BranchedRollouts(Callback):
         data.resize_model_buffer(
             model_buffer_capacity(horizon, self.batch_size, data.epoch_length, self.every, self.retain_epochs)
         )
+        kept = 0
         with showing_phase(trainer, f"rollout: {self.batch_size} states x {horizon} steps"):
-            start = data.real_buffer.sample(self.batch_size)
-            imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon, self.drop_uncertain)
-        data.model_buffer.extend(imagined.cpu())
+            for start in data.real_buffer.sample(self.batch_size).split(self.chunk_size):
+                imagined = branched_rollout(world_model, data.env, pl_module.policy, start, horizon, self.drop_uncertain)
+                data.model_buffer.extend(imagined.cpu())
+                kept += imagined.shape[0]
         log_now(
             trainer,
             {
                 "rollout/horizon": horizon,
                 "rollout/model_buffer_size": len(data.model_buffer),
-                "rollout/kept_fraction": imagined.shape[0] / (self.batch_size * horizon),
+                "rollout/kept_fraction": kept / (self.batch_size * horizon),
                 "rollout/world_model_age_steps": data.env_steps - training.trained_on,
                 "time/rollout_s": time.perf_counter() - started,
             },

@@ -171,7 +171,7 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
     The budget bounds both: the real buffer holds at most the run's transitions, and the model
     buffer's capacity follows the rollout horizon of the run's last epoch. With no epoch limit
     (``max_epochs`` -1), the buffers' full sizes count. The longest rollout's working memory
-    (``rollout_bytes``) counts beside them.
+    (``rollout_bytes``, for one chunk of start states) counts beside them.
     """
     specs = env_specs_of(data.env_name)
     if data.model_buffer_dir is not None and os.path.isdir(data.model_buffer_dir):
@@ -189,14 +189,14 @@ def check_buffers_fit(data: RLDataModule, rollouts: BranchedRollouts | None, tra
         epochs = range(max_epochs) if max_epochs >= 0 else (0, rollouts.schedule[1])  # horizons change between these
         horizon = max((rollout_horizon(epoch, rollouts.schedule) for epoch in epochs), default=0)
         model = model_buffer_capacity(horizon, rollouts.batch_size, data.epoch_length, rollouts.every, rollouts.retain_epochs)
-        working = rollout_bytes(rollouts.batch_size, horizon, specs.observation_dim, specs.action_dim)
+        working = rollout_bytes(min(rollouts.batch_size, rollouts.chunk_size), horizon, specs.observation_dim, specs.action_dim)
     check_buffer_room(
         real * per_transition,
         model * per_transition,
         data.model_buffer_dir,
         trainer_processes(trainer.get("devices", "auto")),
         "Lower --rollouts.batch_size or --rollouts.retain_epochs, keep the imagined data on a disk with "
-        "--data.model_buffer_dir, or lower --data.buffer_size.",
+        "--data.model_buffer_dir, roll out in smaller chunks with --rollouts.chunk_size, or lower --data.buffer_size.",
         working,
     )
 

@@ -305,7 +305,9 @@ class ModelTrainingElsewhere(WorldModelTraining):
 class RolloutHarness:
     """Just enough of a trainer to drive ``BranchedRollouts.on_train_batch_start`` step by step."""
 
-    def __init__(self, pendulum: SimpleNamespace, training: WorldModelTraining) -> None:
+    def __init__(
+        self, pendulum: SimpleNamespace, training: WorldModelTraining, batch_size: int = 8, chunk_size: int = 8, horizon: int = 1
+    ) -> None:
         self.logged: list[dict] = []
         data = SimpleNamespace(
             env_steps=0,
@@ -318,7 +320,7 @@ class RolloutHarness:
         logger = SimpleNamespace(log_metrics=lambda metrics, step: self.logged.append(metrics))
         self.trainer = SimpleNamespace(datamodule=data, callbacks=[training], loggers=[logger], current_epoch=0)
         self.module = SimpleNamespace(policy=pendulum.policy)
-        self.rollouts = BranchedRollouts(every=100, batch_size=8, schedule=[1, 5, 1, 1])
+        self.rollouts = BranchedRollouts(every=100, batch_size=batch_size, chunk_size=chunk_size, schedule=[1, 5, horizon, horizon])
 
     def step_to(self, env_steps: int) -> list[int]:
         """Advance to ``env_steps``; the env steps at which rollouts happened so far."""
@@ -362,3 +364,50 @@ def test_the_world_model_joins_the_agent_on_its_device_at_fit_start(pendulum):
     training.on_fit_start(SimpleNamespace(), agent_elsewhere)
 
     assert {t.device.type for t in [*training.world_model.parameters(), *training.world_model.buffers()]} == {"meta"}
+
+
+def rolled_out_chunks(monkeypatch) -> list[int]:
+    """Spy on the callback's ``branched_rollout``: the start states of each call, in order."""
+    import callbacks.rollouts
+
+    sizes = []
+    rollout = callbacks.rollouts.branched_rollout
+
+    def recorded(world_model, env, policy, start, *args):
+        sizes.append(start.shape[0])
+        return rollout(world_model, env, policy, start, *args)
+
+    monkeypatch.setattr(callbacks.rollouts, "branched_rollout", recorded)
+    return sizes
+
+
+def test_a_batch_larger_than_a_chunk_rolls_out_chunk_by_chunk_into_the_buffer(pendulum, monkeypatch):
+    sizes = rolled_out_chunks(monkeypatch)
+    terminations = record_terminations(monkeypatch, pendulum.world_model)
+    harness = RolloutHarness(pendulum, WorldModelTraining(pendulum.world_model, every=100), batch_size=50, chunk_size=16, horizon=3)
+    torch.manual_seed(7)
+
+    harness.step_to(10)
+
+    assert sizes == [16, 16, 16, 2]
+    # Each chunk's steps: everything up to its rollouts' first terminations, all in the model buffer.
+    flags = [torch.cat(terminations[i : i + 3], dim=1) for i in range(0, len(terminations), 3)]
+    kept = sum(int(alive_mask(f).sum()) for f in flags)
+    assert len(harness.trainer.datamodule.model_buffer) == kept
+    assert harness.logged[-1]["rollout/kept_fraction"] == kept / (50 * 3)
+
+
+def test_a_batch_of_at_most_a_chunk_rolls_out_exactly_as_in_one_pass(pendulum, monkeypatch):
+    sizes = rolled_out_chunks(monkeypatch)
+    harness = RolloutHarness(pendulum, WorldModelTraining(pendulum.world_model, every=100), batch_size=16, chunk_size=16, horizon=3)
+    torch.manual_seed(8)
+    harness.step_to(10)
+    torch.manual_seed(8)
+    start = pendulum.buffer.sample(16)
+    one_pass = branched_rollout(pendulum.world_model, pendulum.env, pendulum.policy, start, 3)
+
+    assert sizes == [16]
+    stored = harness.trainer.datamodule.model_buffer[: len(one_pass)]
+    assert len(harness.trainer.datamodule.model_buffer) == len(one_pass)
+    for key in TRANSITION_KEYS:
+        torch.testing.assert_close(stored[key], one_pass[key], rtol=0, atol=0)
