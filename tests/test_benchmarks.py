@@ -1,6 +1,5 @@
 """The benchmarks' reading of runs: when one first reached the target return, the curves, the learning-curve table."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from concurrent_vs_sync import Result, first_reaching, mean_return, seed_interva
 from concurrent_vs_sync import table as ablation_table  # noqa: E402
 from learning_curves import create_store, curves, run_one, table  # noqa: E402
 from main_generators import MainGenerators  # noqa: E402
+from together import run_together  # noqa: E402
 
 
 def test_time_and_steps_of_the_first_evaluation_at_or_above_the_target():
@@ -306,33 +306,13 @@ def test_the_main_generators_probe_puts_a_stream_s_draws_on_the_main_generators(
     assert torch.equal(probe_draw, main_draw)
 
 
-# Each child gets ready (imports done), waits for the go file, then creates the benchmark's store.
-CREATE_STORE = """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-from learning_curves import create_store
-go = Path(sys.argv[2])
-print("ready", flush=True)
-while not go.exists():
-    time.sleep(0.001)
-create_store(Path(sys.argv[1]))
-"""
-
-
 def test_benchmarks_started_together_on_one_fresh_out_folder_share_one_store(tmp_path):
     # Two benchmark processes on one fresh --out raced to create MLflow's tables and the experiment.
     import mlflow
 
-    out, go = tmp_path / "out", tmp_path / "go"
+    out = tmp_path / "out"
     out.mkdir()
-    command = [sys.executable, "-c", CREATE_STORE, str(out), str(go), str(ROOT / "benchmarks")]
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    for child in children:
-        assert child.stdout.readline().strip() == "ready"
-    go.touch()
-    for child in children:
-        _, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err[-2000:]
+    setup = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nfrom learning_curves import create_store"
+    run_together(setup, "create_store(Path(sys.argv[2]))", [str(out)], tmp_path / "go")
     experiments = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()
     assert [e.name for e in experiments if e.name == "benchmark"] == ["benchmark"]
