@@ -8,15 +8,11 @@ import textwrap
 from pathlib import Path
 
 # Each child runs ``setup`` (its imports), says it is ready, waits for the go file, then runs ``action``.
-CHILD = """
-import sys, time
-from pathlib import Path
-{setup}
+READY_THEN_WAIT = """
 go = Path(sys.argv[1])
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.001)
-{action}
 """
 
 
@@ -25,7 +21,8 @@ def run_together(setup: str, action: str, args: list[str], go: Path, copies: int
 
     Fails the test if a child exits with an error.
     """
-    code = CHILD.format(setup=textwrap.dedent(setup), action=textwrap.dedent(action))
+    # Joined, not str.format: the snippets may hold braces (f-strings, dicts).
+    code = "\n".join(["import sys, time", "from pathlib import Path", textwrap.dedent(setup), READY_THEN_WAIT, textwrap.dedent(action)])
     command = [sys.executable, "-c", code, str(go), *args]
     children = [subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(copies)]
     for child in children:
