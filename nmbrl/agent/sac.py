@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from lightning.pytorch import LightningModule
@@ -19,7 +20,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
-from nmbrl.agent.update import Batch, Losses, Networks, as_batch, sac_losses
+from nmbrl.agent.update import Batch, Losses, Networks, OutputReLU, as_batch, sac_losses
 from nmbrl.checkpoints import CHECKPOINT_KEY, take_configured_hyperparameters
 from nmbrl.envs import EnvSpecs, env_specs_of
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
@@ -288,11 +289,15 @@ def check_compiler() -> None:
 
 
 def compile_losses(device: torch.device):
-    """``sac_losses`` under ``torch.compile``: with CUDA graphs on a GPU, plain kernels on CPU."""
+    """``sac_losses`` under ``torch.compile``: with CUDA graphs on a GPU, plain kernels on CPU.
+
+    The compiled networks use ``OutputReLU``, whose backward keeps inductor's CPU kernels off bool tensors.
+    """
+    losses = partial(sac_losses, relu=OutputReLU.apply)
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
             raise ConfigError("model.compile=true on a GPU needs Triton (pip install triton), or set --model.compile false.")
-        return torch.compile(sac_losses, mode="reduce-overhead")
-    return torch.compile(sac_losses)
+        return torch.compile(losses, mode="reduce-overhead")
+    return torch.compile(losses)

@@ -15,6 +15,7 @@ Shapes: ``B`` batch, ``O`` observation, ``A`` action, ``Q`` critics (2), ``H`` h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,20 +125,48 @@ def critic_layers(loss: SACLoss, target: bool = False) -> list[Layer]:
     return network_layers(loss.qvalue_network.module, params["module"])
 
 
-def actor_forward(layers: list[Layer], observation: Tensor) -> Tensor:
+Activation = Callable[[Tensor], Tensor]
+
+
+class OutputReLU(torch.autograd.Function):
+    """ReLU whose backward reads its float output, ``grad * sign(y)``: ReLU's gradient exactly, 0 at 0 included.
+
+    For compiled code. Where nothing else keeps a ReLU's output for the backward pass (the critics
+    with frozen weights in the actor loss), torch.compile's partitioner saves ReLU's mask as a bool
+    tensor instead, and inductor's CPU kernels write and read bool tensors element by element
+    (torch 2.13, AVX-512): the forward kernel holding one took 940 us against 19 us without it,
+    and made the compiled update slower than eager. Saving the float output costs 4 bytes where
+    the mask took 1, and keeps every kernel vectorised (``benchmarks/RESULTS.md``).
+    """
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (output,) = ctx.saved_tensors
+        return grad * torch.sign(output)  # output >= 0: sign is 1 where ReLU passes its input, else 0
+
+
+def actor_forward(layers: list[Layer], observation: Tensor, relu: Activation = torch.relu_) -> Tensor:
     """``B x O -> B x 2A``: the actor network's raw output."""
     x = observation
     for layer in layers:
         if layer.kind == "linear":
             x = F.linear(x, layer.weight, layer.bias)
         elif layer.kind == "relu":
-            x = torch.relu_(x)  # in place: no layer keeps its output for the backward pass
+            x = relu(x)
         else:
             x = F.layer_norm(x, x.shape[-1:], layer.weight, layer.bias, layer.eps)
     return x
 
 
-def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor) -> Tensor:
+def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor, relu: Activation = torch.relu_) -> Tensor:
     """``(B x O, B x A) -> Q x B``: every critic's value, all critics in each batched matrix product."""
     x = torch.cat([observation, action], dim=-1)
     x = x.expand(layers[0].weight.shape[0], *x.shape)  # Q x B x (O + A)
@@ -145,19 +174,21 @@ def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor) -> 
         if layer.kind == "linear":
             x = torch.baddbmm(layer.bias.unsqueeze(-2), x, layer.weight.mT)
         elif layer.kind == "relu":
-            x = torch.relu_(x)  # in place: no layer keeps its output for the backward pass
+            x = relu(x)
         else:
             x = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
             x = torch.addcmul(layer.bias.unsqueeze(-2), x, layer.weight.unsqueeze(-2))
     return x.squeeze(-1)
 
 
-def sample_action(actor: list[Layer], head: ActorHead, observation: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+def sample_action(
+    actor: list[Layer], head: ActorHead, observation: Tensor, noise: Tensor, relu: Activation = torch.relu_
+) -> tuple[Tensor, Tensor]:
     """A reparameterised tanh-Gaussian action ``B x A`` and its log-density ``B``, for standard-normal ``noise``.
 
     TorchRL's ``TanhNormal.rsample_and_log_prob`` with the ``NormalParamExtractor`` of the actor.
     """
-    loc, raw_scale = actor_forward(actor, observation).chunk(2, dim=-1)
+    loc, raw_scale = actor_forward(actor, observation, relu).chunk(2, dim=-1)
     scale = (F.softplus(raw_scale + head.softplus_bias) + head.min_scale).clamp_min(head.scale_lb)
     preimage = loc + noise * scale
     squashed = tanh_clamped(preimage)
@@ -203,24 +234,27 @@ def sac_losses(
     batch: Batch,
     next_noise: Tensor,
     noise: Tensor,
+    relu: Activation = torch.relu_,
 ) -> Losses:
     """SACLoss's losses (v2: twin critics, no value network, l2 critic loss) for one batch.
 
     ``next_noise`` and ``noise`` (``B x A``, standard normal) draw the next-state action of the
     target and the current-state action of the actor loss, in the order SACLoss draws them.
+    ``relu`` is the networks' ReLU: in place for eager code (the layer before it does not keep its
+    output for the backward pass), ``OutputReLU.apply`` for compiled code.
     """
     alpha = log_alpha.detach().exp()
     with torch.no_grad():
-        next_action, next_log_prob = sample_action(actor, head, batch.next_observation, next_noise)
-        next_q = critic_forward(target_critics, batch.next_observation, next_action)  # Q x B
+        next_action, next_log_prob = sample_action(actor, head, batch.next_observation, next_noise, relu)
+        next_q = critic_forward(target_critics, batch.next_observation, next_action, relu)  # Q x B
         next_value = (next_q - alpha * next_log_prob).min(dim=0).values.unsqueeze(-1)
         target_q = (batch.reward + gamma * batch.not_terminated * next_value).squeeze(-1)
-    q = critic_forward(critics, batch.observation, batch.action)
+    q = critic_forward(critics, batch.observation, batch.action, relu)
     critic_loss = (q - target_q).square().sum(0).mean()
 
-    action, log_prob = sample_action(actor, head, batch.observation, noise)
+    action, log_prob = sample_action(actor, head, batch.observation, noise, relu)
     frozen = [Layer(c.kind, detached(c.weight), detached(c.bias), c.eps) for c in critics]
-    q_policy = critic_forward(frozen, batch.observation, action).min(dim=0).values
+    q_policy = critic_forward(frozen, batch.observation, action, relu).min(dim=0).values
     actor_loss = (alpha * log_prob - q_policy).mean()
     alpha_loss = (-log_alpha * (log_prob.detach() + target_entropy)).mean()
     return Losses(actor_loss, critic_loss, alpha_loss, alpha, -log_prob.detach().mean())

@@ -9,7 +9,7 @@ from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
 from nmbrl.agent.sac import check_compiler, compile_losses
-from nmbrl.agent.update import Losses, Networks, as_batch
+from nmbrl.agent.update import Losses, Networks, OutputReLU, as_batch
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
@@ -141,3 +141,16 @@ def test_compile_is_accepted_where_a_compiler_is_found(monkeypatch):
     monkeypatch.setenv("CXX", "python")  # any program on PATH stands in for one
 
     assert SACAgent(compile=True).hparams.compile
+
+
+def test_output_relu_is_relu_forward_and_backward_zero_included():
+    x = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0]).repeat(4, 1) * torch.arange(1.0, 5.0)[:, None]
+    upstream = torch.randn_like(x)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = OutputReLU.apply(ours)
+    out.backward(upstream)
+    torch.relu(theirs).backward(upstream)
+
+    torch.testing.assert_close(out, torch.relu(x), rtol=0, atol=0)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+    assert (ours.grad[:, :4] == 0).all() and (ours.grad[:, 4:] == upstream[:, 4:]).all()
