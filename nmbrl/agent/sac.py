@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
@@ -178,6 +180,7 @@ class SACAgent(LightningModule):
         self.polyak_pairs = self.networks.polyak_pairs()
         if self.hparams.compile and self.compiled_losses is None:
             self.compiled_losses = compile_losses(self.device)
+            rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 10-30 s on 2 CPU cores.")
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         """``U`` updates on a ``U x B`` batch (one env step's batches), or one on a ``B`` batch."""
@@ -279,12 +282,18 @@ def checkpoint_specs(checkpoint: dict) -> EnvSpecs:
 
 
 def check_compiler() -> None:
-    """ConfigError unless torch.compile can build kernels here: it needs a C++ compiler."""
+    """ConfigError unless torch.compile can build kernels here: it needs a C++ compiler and Python's C headers."""
     candidates = [os.environ["CXX"]] if os.environ.get("CXX") else CXX_CANDIDATES
     if not any(shutil.which(name) for name in candidates):
         raise ConfigError(
             f"model.compile=true needs a C++ compiler for torch.compile, and none of {', '.join(candidates)} was found. "
             "Install one (Debian/Ubuntu: sudo apt-get install g++) or set --model.compile false."
+        )
+    headers = Path(sysconfig.get_paths()["include"])
+    if not (headers / "Python.h").is_file():
+        raise ConfigError(
+            f"model.compile=true needs Python's C headers for torch.compile's CPU kernels, and {headers / 'Python.h'} "
+            "is missing. Install them (Debian/Ubuntu: sudo apt-get install python3-dev) or set --model.compile false."
         )
 
 

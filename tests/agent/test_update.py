@@ -137,6 +137,14 @@ def test_compile_without_a_cpp_compiler_is_a_config_error_naming_the_fix(monkeyp
         check_compiler()
 
 
+def test_compile_without_python_headers_is_a_config_error_naming_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "python")  # a compiler is found
+    monkeypatch.setattr("nmbrl.agent.sac.sysconfig.get_paths", lambda: {"include": str(tmp_path)})  # no Python.h there
+
+    with pytest.raises(ConfigError, match="Python.h.*apt-get install python3-dev.*--model.compile false"):
+        SACAgent(compile=True)
+
+
 def test_compile_is_accepted_where_a_compiler_is_found(monkeypatch):
     monkeypatch.setenv("CXX", "python")  # any program on PATH stands in for one
 
