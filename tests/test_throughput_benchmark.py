@@ -46,11 +46,29 @@ def test_synthetic_transitions_have_the_keys_and_dtypes_of_real_ones():
 def test_the_timed_lightning_loop_runs_updates_after_the_buffers_were_filled(tmp_path):
     # measure() sets env_steps to the filled buffer's size before timing the loop last; the loop
     # must still run its updates (it once timed zero batches and divided by zero).
-    run = throughput.build_run(str(ROOT / "configs" / "mbpo.yaml"), updates=30, threads=1, extra=[], root=str(tmp_path))
+    run = throughput.build_run(str(ROOT / "configs" / "mbpo.yaml"), updates=30, threads=1, extra=["--model.compile", "false"], root=str(tmp_path))
     run.data.env_steps = 10**6  # past the end of every epoch of the config
     rate = throughput.lightning_loop_rate(run, warmup=5)
     assert rate > 0
     assert run.cli.trainer.global_step == 30
+
+
+def test_the_ratios_are_those_of_the_update_the_loop_runs():
+    from dataclasses import replace
+
+    figures = throughput.Figures(
+        matmul=16 * 300.0, library_sac=50.0, bare_sac=100.0, compiled_sac=150.0, peer_sac=100.0, sampling=500.0, loop=120.0,
+        collect_random=2000.0, collect_policy=500.0, wm_epoch={}, rollout={}, evaluation=3.0, loop_compiled=True,
+    )  # fmt: skip
+
+    compiled = throughput.ratios(figures)
+    assert compiled["compiled bare update / ceiling"] == 0.5
+    assert compiled["in-loop update / compiled bare update"] == 0.8
+    assert compiled["compiled / eager bare update"] == 1.5
+    assert compiled["in-loop update / SB3 SAC.train"] == 1.2
+    eager = throughput.ratios(replace(figures, loop_compiled=False))
+    assert eager["bare update / ceiling"] == 100.0 / 300.0
+    assert eager["in-loop update / bare update"] == 1.2
 
 
 def test_the_json_record_feeds_the_concurrency_projection(tmp_path):
