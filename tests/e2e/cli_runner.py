@@ -22,6 +22,9 @@ TINY = [
     "--data.batch_size", "64",
     "--evaluation.episodes", "1",
     "--evaluation.max_episode_steps", "100",
+    # Eager updates: compiling one takes 5-30 s a process. The compiled update has its own tests
+    # (tests/e2e/test_fit.py, tests/agent/test_update.py).
+    "--model.compile", "false",
 ]  # fmt: skip
 TINY_MBPO = [
     "--model_training.every", "100",

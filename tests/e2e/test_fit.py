@@ -125,6 +125,17 @@ def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
     check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
 
 
+def test_the_default_config_compiles_the_update_and_trains(store: Path) -> None:
+    # configs/mbpo.yaml compiles the update; TINY turns that off for the other tests, so leave its override out.
+    at = TINY.index("--model.compile")
+    tiny = TINY[:at] + TINY[at + 2 :]
+    cli = cli_run(["fit", "--config", "configs/mbpo.yaml", *tiny, *TINY_MBPO, *store_args(store)])
+    assert cli.model.hparams.compile
+    assert cli.model.compiled_losses is not None
+    assert cli.trainer.global_step == 200
+    check_run(store, COMMON_METRICS | MODEL_METRICS)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
