@@ -57,8 +57,9 @@ class SACAgent(LightningModule):
             actor (data are still collected with the actor). 5e-4 averages over about the last 2000
             updates. None (default): evaluate the actor itself.
         compile: Compile the update's losses and their gradients with ``torch.compile`` (with CUDA
-            graphs on a GPU). The first update then waits for the compilation (about 30 s on 2 CPU
-            cores). Off by default: on CPU it measured no faster (``benchmarks/RESULTS.md``).
+            graphs on a GPU). The first update then waits for the compilation (5-30 s on 2 CPU
+            cores). Off here, on in ``configs/mbpo.yaml``: 1.34x the eager update on a 2-core CPU
+            (``benchmarks/RESULTS.md``). Needs a C++ compiler and Python's headers, checked at once.
 
     Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
     ``training_step`` makes ``U`` updates of it. The losses are SACLoss's, computed by
