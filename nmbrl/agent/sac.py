@@ -181,7 +181,7 @@ class SACAgent(LightningModule):
         self.polyak_pairs = self.networks.polyak_pairs()
         if self.hparams.compile and self.compiled_losses is None:
             self.compiled_losses = compile_losses(self.device)
-            rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 10-30 s on 2 CPU cores.")
+            rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 5-30 s on 2 CPU cores.")
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         """``U`` updates on a ``U x B`` batch (one env step's batches), or one on a ``B`` batch."""
