@@ -16,11 +16,14 @@ from lifecycle_runner import checkpoints, group_alive, load, start_cli, wait_for
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
-def test_two_process_ddp_keeps_replicas_identical(store: Path) -> None:
+@pytest.mark.parametrize("compile", ["false", "true"], ids=["eager", "compiled"])
+def test_two_process_ddp_keeps_replicas_identical(store: Path, compile: str) -> None:
+    # Compiled too, as configs/mbpo.yaml runs it: each rank compiles its own update, and the
+    # gradients of the compiled backward must still be averaged across ranks.
     probe = store / "probe"
     probe.mkdir()
     result = run_cli(
-        "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO,
+        "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, "--model.compile", compile,
         *DDP, "--trainer.callbacks+=ddp_probe.ReplicaDigest",
         store=store,
         extra_env={"NMBRL_PROBE_DIR": str(probe), "PYTHONPATH": str(ROOT / "tests" / "e2e")},
