@@ -22,7 +22,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
-from nmbrl.agent.update import Batch, Losses, Networks, OutputReLU, as_batch, sac_losses
+from nmbrl.agent.update import COMPILABLE, Batch, Losses, Networks, as_batch, sac_losses
 from nmbrl.checkpoints import CHECKPOINT_KEY, take_configured_hyperparameters
 from nmbrl.envs import EnvSpecs, env_specs_of
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
@@ -301,9 +301,10 @@ def check_compiler() -> None:
 def compile_losses(device: torch.device):
     """``sac_losses`` under ``torch.compile``: with CUDA graphs on a GPU, plain kernels on CPU.
 
-    The compiled networks use ``OutputReLU``, whose backward keeps inductor's CPU kernels off bool tensors.
+    The compiled networks use ``COMPILABLE``'s ReLU and linear layers, which keep inductor's CPU
+    kernels off bool tensors and spare two copies an update (``nmbrl.agent.update``).
     """
-    losses = partial(sac_losses, relu=OutputReLU.apply)
+    losses = partial(sac_losses, kernels=COMPILABLE)
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 

@@ -126,6 +126,14 @@ def critic_layers(loss: SACLoss, target: bool = False) -> list[Layer]:
 
 
 Activation = Callable[[Tensor], Tensor]
+Affine = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, weight, bias) -> x @ weight^T + bias
+
+
+def library_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight^T + bias`` with torch's own ops: ``F.linear`` for a weight ``out x in``, ``baddbmm`` for stacked ``Q x out x in``."""
+    if weight.ndim == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
 class OutputReLU(torch.autograd.Function):
@@ -153,28 +161,70 @@ class OutputReLU(torch.autograd.Function):
         return grad * torch.sign(output)  # output >= 0: sign is 1 where ReLU passes its input, else 0
 
 
-def actor_forward(layers: list[Layer], observation: Tensor, relu: Activation = torch.relu_) -> Tensor:
+class LayoutLinear(torch.autograd.Function):
+    """``x @ weight^T + bias`` for a weight ``out x in`` or stacked ``Q x out x in``, whose gradients keep the weight's layout.
+
+    For compiled code, where it saves two copies an update that ``addmm``/``baddbmm`` cost
+    (torch 2.13, CPU): the product is written bias-free and the bias added in the next fused
+    kernel (LayerNorm or ReLU), where ``baddbmm`` first copies the broadcast bias into its
+    ``2 x B x H`` output; and the weight's gradient is computed as ``grad^T @ x``, in the
+    weight's own ``out x in`` layout, where autograd's ``bmm`` gives its transpose and
+    ``AccumulateGrad`` then copies it into the parameter's layout.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return torch.matmul(x, weight.mT) + bias.unsqueeze(-2)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.matmul(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.matmul(grad.mT, x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(-2) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The operations the networks are made of: torch's own for eager code, or those made for ``torch.compile``."""
+
+    linear: Affine
+    relu: Activation
+
+
+# In place: the layer before a ReLU does not keep its output for the backward pass.
+EAGER = Kernels(library_linear, torch.relu_)
+COMPILABLE = Kernels(LayoutLinear.apply, OutputReLU.apply)
+
+
+def actor_forward(layers: list[Layer], observation: Tensor, kernels: Kernels = EAGER) -> Tensor:
     """``B x O -> B x 2A``: the actor network's raw output."""
     x = observation
     for layer in layers:
         if layer.kind == "linear":
-            x = F.linear(x, layer.weight, layer.bias)
+            x = kernels.linear(x, layer.weight, layer.bias)
         elif layer.kind == "relu":
-            x = relu(x)
+            x = kernels.relu(x)
         else:
             x = F.layer_norm(x, x.shape[-1:], layer.weight, layer.bias, layer.eps)
     return x
 
 
-def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor, relu: Activation = torch.relu_) -> Tensor:
+def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor, kernels: Kernels = EAGER) -> Tensor:
     """``(B x O, B x A) -> Q x B``: every critic's value, all critics in each batched matrix product."""
     x = torch.cat([observation, action], dim=-1)
     x = x.expand(layers[0].weight.shape[0], *x.shape)  # Q x B x (O + A)
     for layer in layers:
         if layer.kind == "linear":
-            x = torch.baddbmm(layer.bias.unsqueeze(-2), x, layer.weight.mT)
+            x = kernels.linear(x, layer.weight, layer.bias)
         elif layer.kind == "relu":
-            x = relu(x)
+            x = kernels.relu(x)
         else:
             x = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
             x = torch.addcmul(layer.bias.unsqueeze(-2), x, layer.weight.unsqueeze(-2))
@@ -182,13 +232,13 @@ def critic_forward(layers: list[Layer], observation: Tensor, action: Tensor, rel
 
 
 def sample_action(
-    actor: list[Layer], head: ActorHead, observation: Tensor, noise: Tensor, relu: Activation = torch.relu_
+    actor: list[Layer], head: ActorHead, observation: Tensor, noise: Tensor, kernels: Kernels = EAGER
 ) -> tuple[Tensor, Tensor]:
     """A reparameterised tanh-Gaussian action ``B x A`` and its log-density ``B``, for standard-normal ``noise``.
 
     TorchRL's ``TanhNormal.rsample_and_log_prob`` with the ``NormalParamExtractor`` of the actor.
     """
-    loc, raw_scale = actor_forward(actor, observation, relu).chunk(2, dim=-1)
+    loc, raw_scale = actor_forward(actor, observation, kernels).chunk(2, dim=-1)
     scale = (F.softplus(raw_scale + head.softplus_bias) + head.min_scale).clamp_min(head.scale_lb)
     preimage = loc + noise * scale
     squashed = tanh_clamped(preimage)
@@ -234,27 +284,26 @@ def sac_losses(
     batch: Batch,
     next_noise: Tensor,
     noise: Tensor,
-    relu: Activation = torch.relu_,
+    kernels: Kernels = EAGER,
 ) -> Losses:
     """SACLoss's losses (v2: twin critics, no value network, l2 critic loss) for one batch.
 
     ``next_noise`` and ``noise`` (``B x A``, standard normal) draw the next-state action of the
     target and the current-state action of the actor loss, in the order SACLoss draws them.
-    ``relu`` is the networks' ReLU: in place for eager code (the layer before it does not keep its
-    output for the backward pass), ``OutputReLU.apply`` for compiled code.
+    ``kernels`` are the networks' operations: ``EAGER``, or ``COMPILABLE`` for compiled code.
     """
     alpha = log_alpha.detach().exp()
     with torch.no_grad():
-        next_action, next_log_prob = sample_action(actor, head, batch.next_observation, next_noise, relu)
-        next_q = critic_forward(target_critics, batch.next_observation, next_action, relu)  # Q x B
+        next_action, next_log_prob = sample_action(actor, head, batch.next_observation, next_noise, kernels)
+        next_q = critic_forward(target_critics, batch.next_observation, next_action, kernels)  # Q x B
         next_value = (next_q - alpha * next_log_prob).min(dim=0).values.unsqueeze(-1)
         target_q = (batch.reward + gamma * batch.not_terminated * next_value).squeeze(-1)
-    q = critic_forward(critics, batch.observation, batch.action, relu)
+    q = critic_forward(critics, batch.observation, batch.action, kernels)
     critic_loss = (q - target_q).square().sum(0).mean()
 
-    action, log_prob = sample_action(actor, head, batch.observation, noise, relu)
+    action, log_prob = sample_action(actor, head, batch.observation, noise, kernels)
     frozen = [Layer(c.kind, detached(c.weight), detached(c.bias), c.eps) for c in critics]
-    q_policy = critic_forward(frozen, batch.observation, action, relu).min(dim=0).values
+    q_policy = critic_forward(frozen, batch.observation, action, kernels).min(dim=0).values
     actor_loss = (alpha * log_prob - q_policy).mean()
     alpha_loss = (-log_alpha * (log_prob.detach() + target_entropy)).mean()
     return Losses(actor_loss, critic_loss, alpha_loss, alpha, -log_prob.detach().mean())

@@ -9,7 +9,7 @@ from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
 from nmbrl.agent.sac import check_compiler, compile_losses
-from nmbrl.agent.update import Losses, Networks, OutputReLU, as_batch
+from nmbrl.agent.update import LayoutLinear, Losses, Networks, OutputReLU, as_batch, library_linear
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
@@ -162,3 +162,31 @@ def test_output_relu_is_relu_forward_and_backward_zero_included():
     torch.testing.assert_close(out, torch.relu(x), rtol=0, atol=0)
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
     assert (ours.grad[:, :4] == 0).all() and (ours.grad[:, 4:] == upstream[:, 4:]).all()
+
+
+@pytest.mark.parametrize(
+    "x_shape, weight_shape",
+    [((64, 5), (32, 5)), ((2, 64, 32), (2, 32, 32)), ((64, 6), (2, 32, 6))],
+    ids=["actor layer", "stacked critics", "critics' first layer (input shared)"],
+)
+def test_layout_linear_is_the_library_linear_with_gradients_in_the_weights_layout(x_shape, weight_shape):
+    torch.manual_seed(0)
+    x = torch.randn(x_shape)
+    if len(weight_shape) == 3 and x.ndim == 2:
+        x = x.expand(weight_shape[0], *x.shape)  # as critic_forward feeds both critics one input
+    weight, bias = torch.randn(weight_shape), torch.randn(*weight_shape[:-2], weight_shape[-2])
+    upstream = torch.randn(*x.shape[:-1], weight_shape[-2])
+    ours = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    theirs = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+
+    out = LayoutLinear.apply(*ours)
+    out.backward(upstream)
+    reference = library_linear(*theirs)
+    reference.backward(upstream)
+
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
+    # As the graph gives it (before AccumulateGrad, which copies any other layout into the weight's):
+    (raw,) = torch.autograd.grad(LayoutLinear.apply(x, ours[1], bias), [ours[1]], upstream)
+    assert raw.stride() == weight.stride()
