@@ -21,6 +21,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def ieee_denormals():
+    """Undo the CLI's ``--flush_denormal`` after each in-process test, so the next one computes as usual."""
+    yield
+    from nmbrl import denormals  # not at import: Lightning imported this early keeps its logs from caplog
+
+    torch.set_flush_denormal(False)
+    denormals._flushing = False
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """A folder for one CLI run's run folders and MLflow database."""

@@ -15,6 +15,7 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nmbrl.concurrent.shared import CONTEXT
+from nmbrl.denormals import denormals_flushed, flush_denormals
 from nmbrl.errors import RoleFailed
 from nmbrl.random_streams import role_seed, segment_stream
 
@@ -42,8 +43,13 @@ class StopSignal:
         return self.event.is_set() or not parent_process().is_alive()
 
 
-def role_main(role: Role, seed: int, stop_event, errors, results) -> None:
-    """Entry point of a role process: seed it, run the role, send back its result or its traceback."""
+def role_main(role: Role, seed: int, stop_event, errors, results, flush_denormal: bool = False) -> None:
+    """Entry point of a role process: seed it, run the role, send back its result or its traceback.
+
+    ``flush_denormal``: flush denormal floats to zero, as the parent process does (``nmbrl.denormals``).
+    """
+    if flush_denormal:
+        flush_denormals()  # first: before torch starts its CPU threads
     # Ctrl+C reaches the whole process group, and so does a SIGTERM sent to the group (a scheduler's
     # stop); the parent alone decides how the roles stop (``stop``, or the role sees the parent gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,7 +84,7 @@ class RoleProcess:
         self.results = CONTEXT.Queue()
         self.process = CONTEXT.Process(
             target=role_main,
-            args=(role, self.seed, self.stop_event, self.errors, self.results),
+            args=(role, self.seed, self.stop_event, self.errors, self.results, denormals_flushed()),
             name=f"nmbrl-{role.name}",
             daemon=True,  # a safety net: multiprocessing terminates daemons when the parent exits
         )
