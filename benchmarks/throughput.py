@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CLI's --torch_threads)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall-clock time, or this process's CPU time")
     parser.add_argument("--updates", type=int, default=400, help="SAC updates timed in each SAC measurement")
-    parser.add_argument("--compile", action="store_true", help="also time the compiled update (about 10-30 s to compile); always timed where the config compiles it")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled update (about 5-30 s to compile); always timed where the config compiles it")
     parser.add_argument("--skip-peer", action="store_true", help="leave out the Stable-Baselines3 row")
     parser.add_argument("--real", type=int, default=20_000, help="real transitions in the buffer (late-run size)")
     parser.add_argument("--imagined", type=int, default=100_000, help="imagined transitions in the model buffer")

@@ -58,7 +58,7 @@ class SACAgent(LightningModule):
             updates. None (default): evaluate the actor itself.
         compile: Compile the update's losses and their gradients with ``torch.compile`` (with CUDA
             graphs on a GPU). The first update then waits for the compilation (5-30 s on 2 CPU
-            cores). Off here, on in ``configs/mbpo.yaml``: 1.34x the eager update on a 2-core CPU
+            cores). Off here, on in ``configs/mbpo.yaml``: 1.33-1.45x the eager update on a 2-core CPU
             (``benchmarks/RESULTS.md``). Needs a C++ compiler and Python's headers, checked at once.
 
     Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
