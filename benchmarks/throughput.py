@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import nmbrl.envs  # noqa: F401  (sets MUJOCO_GL before anything imports MuJoCo)
 from callbacks import BranchedRollouts, Evaluation, WorldModelTraining
 from nmbrl.agent import DivergenceGuard
-from nmbrl.agent.sac import compile_losses
 from nmbrl.agent.update import as_batch
 from nmbrl.cli import NMBRLCLI
 from nmbrl.data import model_buffer_capacity
@@ -159,16 +158,48 @@ def per_second(fn: Callable[[], object], calls: int, warmup: int = 30) -> float:
     for _ in range(warmup):
         fn()
     chunk = max(1, calls // 3)
-    return chunk / timed(lambda: [fn() for _ in range(chunk)], repeats=3)
+    return chunk / timed(lambda: call(fn, chunk), repeats=3)
+
+
+def call(fn: Callable[[], object], times: int) -> None:
+    """``fn`` called ``times`` times, each result dropped at once.
+
+    Kept in a list, the results of the ceiling's products (256 KiB each) made every round allocate
+    fresh memory and fault its pages in: the probe then measured 5400-8400 products/s on a machine
+    where they run at about 10000/s.
+    """
+    for _ in range(times):
+        fn()
 
 
 # --- SAC -----------------------------------------------------------------------------------
 
 
-def matmul_rate(size: int = 256, calls: int = 600) -> float:
-    """``size x size`` by ``size x size`` matrix products per second with the current torch threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return per_second(lambda: torch.mm(a, b), calls, warmup=50)
+def matmul_product(size: int = 256) -> Callable[[], object]:
+    """One ``size x size`` by ``size x size`` matrix product, the ceiling's unit, into the same output each time."""
+    a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def paired_rates(probe: Callable[[], object], update: Callable[[], object], updates: int, rounds: int = 5) -> tuple[float, float, float]:
+    """Matrix products/s, updates/s and the median over rounds of updates/s over the ceiling (products/s / 16).
+
+    The two are timed in alternating rounds, ``updates / rounds`` updates and the products of as
+    long a time each, so that the machine's drifts in speed (up to 2x within an hour) touch both
+    alike.
+    """
+    for _ in range(50):
+        probe()
+    for _ in range(30):
+        update()
+    chunk = max(1, updates // rounds)
+    probe_rates, update_rates = [], []
+    for _ in range(rounds):
+        update_rates.append(chunk / timed(lambda: call(update, chunk)))
+        products = max(50, round(16 * chunk * 2))  # about as long as the updates, at half the ceiling
+        probe_rates.append(products / timed(lambda: call(probe, products)))
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return median(probe_rates), median(update_rates), median([u / (p / 16) for p, u in zip(probe_rates, update_rates)])
 
 
 def library_sac_step(run: Run) -> Callable[[], None]:
@@ -187,17 +218,16 @@ def library_sac_step(run: Run) -> Callable[[], None]:
     return step
 
 
-def agent_sac_step(run: Run, compute=None) -> Callable[[], None]:
-    """One update as ``SACAgent.update`` makes it, on a fixed batch, without Lightning."""
+def agent_sac_step(run: Run, compile: bool = False) -> Callable[[], None]:
+    """One update as ``SACAgent.update`` makes it, on a fixed batch, without Lightning: eager, or compiled as the config's run compiles it."""
     agent, batch = run.agent, as_batch(run.data.sample_batch())
     optimizer = agent.configure_optimizers()
-    agent.prepare_update()
+    agent.prepare_update(optimizer, compile=compile)
 
     def step() -> None:
-        noise = torch.randn((2, *batch.action.shape))
-        losses = agent.networks.losses(batch, noise[0], noise[1], compute)
+        losses, gradients = agent.losses_and_gradients(batch)
         DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})  # its one sync
-        agent.step(losses, optimizer, torch.Tensor.backward)
+        agent.step(losses, optimizer, torch.Tensor.backward, gradients)
 
     return step
 
@@ -323,6 +353,7 @@ class Figures:
     rollout: dict[int, float]
     evaluation: float
     loop_compiled: bool = False  # the loop ran the compiled update (the config's model.compile)
+    ceiling_ratio: float | None = None  # the loop's bare update over the ceiling, timed in alternating rounds
 
     @property
     def loop_update(self) -> float:
@@ -407,11 +438,10 @@ def ratios(f: Figures) -> dict[str, float]:
 
     "bare update" is the update the loop runs: the compiled one where the config compiles it.
     """
-    ceiling = f.matmul / 16
     bare = f.loop_update
     kind = "compiled " if f.loop_compiled else ""
     found = {
-        f"{kind}bare update / ceiling": bare / ceiling,
+        f"{kind}bare update / ceiling": f.ceiling_ratio if f.ceiling_ratio is not None else bare / (f.matmul / 16),
         f"{kind}bare update / SACLoss update": bare / f.library_sac,
         f"in-loop update / {kind}bare update": f.loop / bare,
     }
@@ -429,13 +459,14 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     data.resize_model_buffer(args.imagined)
     data.model_buffer.extend(synthetic_transitions(args.imagined, specs.observation_dim, specs.action_dim))
     data.env_steps = args.real
-    matmul = matmul_rate()
     library = per_second(library_sac_step(run), args.updates)
-    bare = per_second(agent_sac_step(run), args.updates)
     loop_compiled = bool(run.agent.hparams.compile)
-    compiled = None
-    if args.compile or loop_compiled:
-        compiled = per_second(agent_sac_step(run, compile_losses(torch.device("cpu"))), args.updates)
+    # Each agent_sac_step prepares the agent for its own kind of update: time it before the next.
+    other = None
+    if loop_compiled or args.compile:
+        other = per_second(agent_sac_step(run, compile=not loop_compiled), args.updates)
+    matmul, loop_update, ceiling_ratio = paired_rates(matmul_product(), agent_sac_step(run, compile=loop_compiled), args.updates)
+    bare, compiled = (other, loop_update) if loop_compiled else (loop_update, other)
     peer = None if args.skip_peer else peer_sac_rate(run, args.updates)
     per_step = data.updates_per_step
     sampling = per_second(data.sample_step_batches, max(args.updates // per_step, 3)) * per_step
@@ -446,8 +477,9 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     evaluation = evaluation_seconds(run)
     loop = lightning_loop_rate(run)  # last: fitting tears the data module down
     return Figures(
-        matmul, library, bare, compiled, peer, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation, loop_compiled
-    )
+        matmul, library, bare, compiled, peer, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation, loop_compiled,
+        ceiling_ratio,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from nmbrl.agent.divergence import DivergenceGuard
 from nmbrl.agent.networks import make_actor, make_critic
-from nmbrl.agent.update import COMPILABLE, Batch, Losses, Networks, as_batch, sac_losses
+from nmbrl.agent.update import COMPILABLE, Batch, Losses, Networks, as_batch, sac_gradients, sac_losses
 from nmbrl.checkpoints import CHECKPOINT_KEY, take_configured_hyperparameters
 from nmbrl.envs import EnvSpecs, env_specs_of
 from nmbrl.errors import ConfigError, check_at_least_one, check_optimizer
@@ -102,8 +102,12 @@ class SACAgent(LightningModule):
         self.averaged_actor: AveragedModel | None = None
         self.guard: DivergenceGuard | None = None
         self.networks: Networks | None = None
+        self.detached_networks: Networks | None = None  # what the compiled sac_gradients reads
+        self.trainable: list[torch.Tensor] = []  # in the order of sac_gradients' gradients
         self.polyak_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        self.compiled_losses = None
+        self.compiled_losses = None  # sac_losses compiled, for autograd's backward
+        self.compiled_gradients = None  # sac_gradients compiled: losses and gradients in one graph
+        self.gradients_in_graph = False
         self.test_results: list[tuple[float, int, int]] = []  # return, env steps, seed
 
     def build(self, specs: EnvSpecs) -> None:
@@ -173,15 +177,37 @@ class SACAgent(LightningModule):
             max_loss_ratio=self.hparams.max_loss_ratio,
             patience=self.hparams.divergence_patience,
         )
-        self.prepare_update()
+        self.prepare_update(self.optimizers().optimizer)
 
-    def prepare_update(self) -> None:
-        """Gather the tensors ``update`` reads from SACLoss (and compile its losses): once, on the agent's device."""
+    def prepare_update(self, optimizer: torch.optim.Optimizer | None = None, compile: bool | None = None) -> None:
+        """Gather the tensors ``update`` reads from SACLoss and, where ``compile`` (default: ``model.compile``), compile the update.
+
+        Compiled on one CPU process, the losses and their gradients are one graph (``sac_gradients``).
+        Elsewhere the compiled losses go through autograd's backward, for what hooks into it: DDP's
+        gradient averaging across processes, mixed precision's loss scaling; and, on a GPU, CUDA
+        graphs of the losses (``compile_losses``). So they do where ``optimizer`` steps other
+        tensors than the ones ``sac_gradients`` differentiates (None: ``configure_optimizers``'s).
+        """
         self.networks = Networks.of(self.loss_module)
+        self.detached_networks = self.networks.detached()
+        self.trainable = self.networks.trainable()
         self.polyak_pairs = self.networks.polyak_pairs()
-        if self.hparams.compile and self.compiled_losses is None:
+        self.gradients_in_graph = False
+        if not (self.hparams.compile if compile is None else compile):
+            return
+        stepped = optimizer if optimizer is not None else self.configure_optimizers()
+        self.gradients_in_graph = self.device.type == "cpu" and self.single_plain_process() and steps_exactly(stepped, self.trainable)
+        if self.gradients_in_graph and self.compiled_gradients is None:
+            self.compiled_gradients = torch.compile(partial(sac_gradients, kernels=COMPILABLE))
+        elif not self.gradients_in_graph and self.compiled_losses is None:
             self.compiled_losses = compile_losses(self.device)
-            rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 5-30 s on 2 CPU cores.")
+        rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 5-30 s on 2 CPU cores.")
+
+    def single_plain_process(self) -> bool:
+        """Whether training runs in one process at full precision (or without a Trainer): nothing needs autograd's backward."""
+        if self._trainer is None:
+            return True
+        return self.trainer.world_size == 1 and str(self.trainer.precision) in ("32-true", "32")
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         """``U`` updates on a ``U x B`` batch (one env step's batches), or one on a ``B`` batch."""
@@ -191,14 +217,13 @@ class SACAgent(LightningModule):
 
     def update(self, batch: Batch) -> None:
         """One SAC update: losses, divergence check, optimizer step, target critics, averaged policy."""
-        noise = torch.randn((2, *batch.action.shape), device=batch.action.device)
-        losses = self.networks.losses(batch, noise[0], noise[1], self.compiled_losses)
+        losses, gradients = self.losses_and_gradients(batch)
         checked = self.guard.values({"loss_actor": losses.actor, "loss_qvalue": losses.critic, "loss_alpha": losses.alpha_loss})
         problem = self.guard.problem(checked)
         if problem is not None:
             self.reject_update(problem)
             return
-        self.step(losses, self.optimizers(), self.manual_backward)
+        self.step(losses, self.optimizers(), self.manual_backward, gradients)
         self.guard.accept(checked)
         if logging_due(self.global_step, self.trainer):
             # Logged directly: LightningModule.log costs ~1.5 ms a call, as much as a tenth of an update.
@@ -213,10 +238,28 @@ class SACAgent(LightningModule):
                 },
             )
 
-    def step(self, losses: Losses, optimizer: torch.optim.Optimizer, backward: Callable[[torch.Tensor], None]) -> None:
-        """Step on ``losses``: gradients, optimizer, target critics, averaged policy (no Trainer needed)."""
-        optimizer.zero_grad()
-        backward(losses.total)
+    def losses_and_gradients(self, batch: Batch) -> tuple[Losses, list[torch.Tensor] | None]:
+        """The losses of an update on ``batch``, and their gradients where the compiled graph computes them (else None)."""
+        noise = torch.randn((2, *batch.action.shape), device=batch.action.device)
+        if self.gradients_in_graph:
+            gradients, losses = self.detached_networks.gradients(batch, noise[0], noise[1], self.compiled_gradients)
+            return losses, gradients
+        return self.networks.losses(batch, noise[0], noise[1], self.compiled_losses), None
+
+    def step(
+        self,
+        losses: Losses,
+        optimizer: torch.optim.Optimizer,
+        backward: Callable[[torch.Tensor], None],
+        gradients: list[torch.Tensor] | None = None,
+    ) -> None:
+        """Step on ``losses``: their gradients (``backward``'s, or ``gradients`` if given), optimizer, target critics, averaged policy (no Trainer needed)."""
+        if gradients is None:
+            optimizer.zero_grad()
+            backward(losses.total)
+        else:
+            for parameter, gradient in zip(self.trainable, gradients, strict=True):
+                parameter.grad = gradient
         optimizer.step()
         with torch.no_grad():  # SoftUpdate's step (target.lerp_(source, 1 - eps)), in one call for all tensors
             torch._foreach_lerp_(*self.polyak_pairs, 1 - self.target_update.eps)
@@ -296,6 +339,12 @@ def check_compiler() -> None:
             f"model.compile=true needs Python's C headers for torch.compile's CPU kernels, and {headers / 'Python.h'} "
             "is missing. Install them (Debian/Ubuntu: sudo apt-get install python3-dev) or set --model.compile false."
         )
+
+
+def steps_exactly(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> bool:
+    """Whether ``optimizer`` steps ``tensors`` and nothing else."""
+    stepped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    return len(stepped) == len(tensors) and set(stepped) == {id(t) for t in tensors}
 
 
 def compile_losses(device: torch.device):

@@ -15,7 +15,7 @@ Shapes: ``B`` batch, ``O`` observation, ``A`` action, ``Q`` critics (2), ``H`` h
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -182,12 +182,12 @@ class LayoutLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # Every gradient, whether asked for or not: the compiler drops those nothing uses. Under
+        # torch.compile of torch.func.grad, ctx.needs_input_grad said False for weights that were
+        # differentiated (torch 2.13), and their gradients came out wrong.
         x, weight = ctx.saved_tensors
-        grad_x = torch.matmul(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.matmul(grad.mT, x) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(-2) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
+        return torch.matmul(grad, weight), torch.matmul(grad.mT, x), grad.sum(-2)
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,53 @@ def detached(tensor: Tensor | None) -> Tensor | None:
     return None if tensor is None else tensor.detach()
 
 
+def sac_gradients(
+    actor: list[Layer],
+    head: ActorHead,
+    critics: list[Layer],
+    target_critics: list[Layer],
+    log_alpha: Tensor,
+    target_entropy: Tensor,
+    gamma: Tensor | float,
+    batch: Batch,
+    next_noise: Tensor,
+    noise: Tensor,
+    kernels: Kernels = EAGER,
+) -> tuple[list[Tensor], Losses]:
+    """``sac_losses``, and the gradients of their sum with respect to ``trainable_tensors(actor, critics, log_alpha)``.
+
+    The gradients come from ``torch.func.grad``, not from autograd's engine: compiled, the losses
+    and their gradients are then one graph, which runs without the engine's nodes, gradient
+    accumulation or ``zero_grad`` (1.13x the update's rate on a 2-core CPU, ``benchmarks/RESULTS.md``).
+    Pass tensors that do not require grad (``Networks.detached``), or the compiled graph also
+    prepares a backward pass that nothing calls.
+    """
+
+    def total(tensors: list[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        given = iter(tensors)
+        losses = sac_losses(
+            with_tensors(actor, given), head, with_tensors(critics, given), target_critics, next(given),
+            target_entropy, gamma, batch, next_noise, noise, kernels,
+        )  # fmt: skip
+        return losses.total, (losses.actor, losses.critic, losses.alpha_loss, losses.alpha, losses.entropy)
+
+    gradients, losses = torch.func.grad(total, has_aux=True)(trainable_tensors(actor, critics, log_alpha))
+    return gradients, Losses(*losses)
+
+
+def trainable_tensors(actor: list[Layer], critics: list[Layer], log_alpha: Tensor) -> list[Tensor]:
+    """The tensors SAC trains, in a fixed order: each actor layer's, each critic layer's (weight, bias), then ``log_alpha``."""
+    return [t for layer in [*actor, *critics] for t in (layer.weight, layer.bias) if t is not None] + [log_alpha]
+
+
+def with_tensors(layers: list[Layer], tensors: Iterator[Tensor]) -> list[Layer]:
+    """``layers`` with their weights and biases taken in turn from ``tensors`` (the order of ``trainable_tensors``)."""
+    return [
+        Layer(layer.kind, *(None if t is None else next(tensors) for t in (layer.weight, layer.bias)), layer.eps)
+        for layer in layers
+    ]
+
+
 @dataclass
 class Networks:
     """Everything ``sac_losses`` reads from a SACLoss, gathered once: the tensors are SACLoss's own.
@@ -342,11 +389,33 @@ class Networks:
 
     def losses(self, batch: Batch, next_noise: Tensor, noise: Tensor, compute=None) -> Losses:
         """``sac_losses`` on these networks (through ``compute``, a compiled ``sac_losses``, if given)."""
-        args = (self.actor, self.head, self.critics, self.target_critics, self.log_alpha, self.target_entropy, self.gamma)
-        return (compute or sac_losses)(*args, batch, next_noise, noise)
+        return (compute or sac_losses)(*self.arguments(), batch, next_noise, noise)
+
+    def gradients(self, batch: Batch, next_noise: Tensor, noise: Tensor, compute) -> tuple[list[Tensor], Losses]:
+        """``sac_gradients`` on these networks (through ``compute``, a compiled ``sac_gradients``, if given): call it on ``detached()``."""
+        return (compute or sac_gradients)(*self.arguments(), batch, next_noise, noise)
+
+    def arguments(self) -> tuple:
+        """The networks' part of the arguments of ``sac_losses`` and ``sac_gradients``."""
+        return self.actor, self.head, self.critics, self.target_critics, self.log_alpha, self.target_entropy, self.gamma
+
+    def detached(self) -> Networks:
+        """These networks with their tensors detached: the same storage, so every optimizer step shows in them."""
+        def layers(given: list[Layer]) -> list[Layer]:
+            return [Layer(layer.kind, detached(layer.weight), detached(layer.bias), layer.eps) for layer in given]
+
+        return Networks(
+            layers(self.actor), self.head, layers(self.critics), layers(self.target_critics),
+            self.log_alpha.detach(), self.target_entropy, self.gamma,
+        )  # fmt: skip
+
+    def trainable(self) -> list[Tensor]:
+        """The parameters ``gradients`` differentiates, in the order of its gradients."""
+        return trainable_tensors(self.actor, self.critics, self.log_alpha)
 
     def polyak_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
         """The target critics' tensors and the critics' tensors they follow, in the same order."""
         targets = [t for layer in self.target_critics for t in (layer.weight, layer.bias) if t is not None]
         sources = [t for layer in self.critics for t in (layer.weight, layer.bias) if t is not None]
         return targets, sources
+

@@ -1,5 +1,7 @@
 """The fast SAC update against its oracle, TorchRL's SACLoss and SoftUpdate: same losses, gradients and steps."""
 
+from functools import partial
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -8,8 +10,8 @@ from test_sac import random_transitions as transitions
 from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
-from nmbrl.agent.sac import check_compiler, compile_losses
-from nmbrl.agent.update import LayoutLinear, Losses, Networks, OutputReLU, as_batch, library_linear
+from nmbrl.agent.sac import check_compiler, compile_losses, steps_exactly
+from nmbrl.agent.update import COMPILABLE, LayoutLinear, Losses, Networks, OutputReLU, as_batch, library_linear, sac_gradients
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
 
@@ -126,6 +128,86 @@ def test_the_compiled_losses_equal_the_eager_ones():
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
     for got, want in zip(gradients(agent, compiled), gradients(agent, eager)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def in_graph_gradients(agent: SACAgent, batch: TensorDict, seed: int, compute=None) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """``sac_gradients``'s losses and gradients (in the optimizer's parameter order) with ``fast_losses``' noise."""
+    torch.manual_seed(seed)
+    shape = batch["action"].shape
+    next_noise, noise = torch.empty(shape).normal_(), torch.empty(shape).normal_()
+    networks = Networks.of(agent.loss_module)
+    grads, out = networks.detached().gradients(as_batch(batch), next_noise, noise, compute)
+    by_tensor = dict(zip(map(id, networks.trainable()), grads))
+    losses = {"loss_actor": out.actor, "loss_qvalue": out.critic, "loss_alpha": out.alpha_loss, "alpha": out.alpha, "entropy": out.entropy}
+    return losses, [by_tensor[id(p)] for p in agent.loss_module.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("critic_layer_norm", [False, True])
+def test_in_graph_gradients_equal_autograds(critic_layer_norm):
+    # sac_gradients differentiates with torch.func.grad; autograd's gradients of the same losses
+    # (tested against SACLoss above) are its oracle.
+    agent = perturbed_agent(Bounded(-3.0, 0.5, shape=(2,)), critic_layer_norm)
+    batch = transitions(BATCH, 2)
+
+    eager = fast_losses(agent, batch, seed=5)
+    losses, grads = in_graph_gradients(agent, batch, seed=5)
+
+    for key in eager:
+        torch.testing.assert_close(losses[key], eager[key], rtol=1e-6, atol=1e-7, msg=key)
+    for name, got, want in zip(agent.state_dict(), grads, gradients(agent, eager), strict=False):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(not g.requires_grad for g in grads)  # nothing left for a backward pass
+
+
+def test_the_compiled_in_graph_gradients_equal_autograds():
+    # Compiled with the networks' compilable kernels: LayoutLinear once gave wrong weight gradients
+    # here (ctx.needs_input_grad under torch.compile of torch.func.grad), which this catches.
+    agent = perturbed_agent(Bounded(-3.0, 0.5, shape=(2,)), critic_layer_norm=True)
+    batch = transitions(BATCH, 2)
+
+    eager = fast_losses(agent, batch, seed=6)
+    losses, grads = in_graph_gradients(agent, batch, seed=6, compute=torch.compile(partial(sac_gradients, kernels=COMPILABLE)))
+
+    for key in eager:
+        torch.testing.assert_close(losses[key], eager[key], rtol=1e-5, atol=1e-6, msg=key)
+    for got, want in zip(grads, gradients(agent, eager), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_agent_on_one_cpu_process_steps_on_in_graph_gradients_as_the_eager_agent_does():
+    spec = Bounded(-2.0, 2.0, shape=(2,))
+    eager, compiled = (perturbed_agent(spec, critic_layer_norm=True) for _ in range(2))
+    compiled.hparams.compile = True
+    # SGD: Adam's first steps are lr * sign(gradient), and flip where a gradient is float noise
+    # around 0, which the two summation orders round differently.
+    optimizers = [torch.optim.SGD([p for p in agent.loss_module.parameters() if p.requires_grad], lr=0.05) for agent in (eager, compiled)]
+    for agent, optimizer in zip((eager, compiled), optimizers):
+        agent.prepare_update(optimizer)
+    assert compiled.gradients_in_graph and compiled.compiled_gradients is not None and compiled.compiled_losses is None
+    assert not eager.gradients_in_graph
+
+    for step in range(3):
+        batch = as_batch(transitions(BATCH, 2, seed=step))
+        for agent, optimizer in zip((eager, compiled), optimizers):
+            torch.manual_seed(20 + step)  # the same noise for both
+            losses, grads = agent.losses_and_gradients(batch)
+            assert (grads is None) is (agent is eager)
+            agent.step(losses, optimizer, torch.Tensor.backward, grads)
+
+    for (name, got), want in zip(compiled.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(compiled.state_dict()["loss_module.log_alpha"], perturbed_agent(spec, True).state_dict()["loss_module.log_alpha"])
+
+
+def test_gradients_go_through_autograd_where_the_optimizer_steps_other_tensors():
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    agent.hparams.compile = True
+    actor_only = torch.optim.Adam(agent.loss_module.actor_network.parameters())
+
+    agent.prepare_update(actor_only)
+
+    assert not steps_exactly(actor_only, agent.networks.trainable())
+    assert not agent.gradients_in_graph and agent.compiled_losses is not None
 
 
 def test_compile_without_a_cpp_compiler_is_a_config_error_naming_the_fix(monkeypatch):
