@@ -56,10 +56,13 @@ class SACAgent(LightningModule):
             towards the actor after each update, and evaluate and test that average instead of the
             actor (data are still collected with the actor). 5e-4 averages over about the last 2000
             updates. None (default): evaluate the actor itself.
-        compile: Compile the update's losses and their gradients with ``torch.compile`` (with CUDA
-            graphs on a GPU). The first update then waits for the compilation (5-30 s on 2 CPU
-            cores). Off here, on in ``configs/mbpo.yaml``: 1.33-1.45x the eager update on a 2-core CPU
-            (``benchmarks/RESULTS.md``). Needs a C++ compiler and Python's headers, checked at once.
+        compile: Compile the update with ``torch.compile``. In one CPU process at full precision,
+            its losses and their gradients are one graph (``sac_gradients``), and Lightning's
+            ``on_before_backward``/``on_after_backward`` hooks do not run; with DDP, mixed precision
+            or on a GPU (with CUDA graphs), the compiled losses go through autograd's backward. The
+            first update then waits for the compilation (5-30 s on 2 CPU cores). Off here, on in
+            ``configs/mbpo.yaml``: 1.66x the eager update on a 2-core CPU (``benchmarks/RESULTS.md``).
+            Needs a C++ compiler and Python's headers, checked at once.
 
     Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
     ``training_step`` makes ``U`` updates of it. The losses are SACLoss's, computed by
@@ -259,7 +262,7 @@ class SACAgent(LightningModule):
             backward(losses.total)
         else:
             for parameter, gradient in zip(self.trainable, gradients, strict=True):
-                parameter.grad = gradient
+                parameter.grad = in_layout_of(parameter, gradient)
         optimizer.step()
         with torch.no_grad():  # SoftUpdate's step (target.lerp_(source, 1 - eps)), in one call for all tensors
             torch._foreach_lerp_(*self.polyak_pairs, 1 - self.target_update.eps)
@@ -339,6 +342,18 @@ def check_compiler() -> None:
             f"model.compile=true needs Python's C headers for torch.compile's CPU kernels, and {headers / 'Python.h'} "
             "is missing. Install them (Debian/Ubuntu: sudo apt-get install python3-dev) or set --model.compile false."
         )
+
+
+def in_layout_of(parameter: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """``gradient`` with ``parameter``'s strides, copied where they differ, as autograd's ``AccumulateGrad`` makes it.
+
+    torch's fused CPU Adam (2.13) reads a gradient in memory order whatever its strides: given the
+    compiled graph's transposed gradient of the critics' first layer, it stepped each weight on another
+    weight's gradient, and the default job ended at 457 and 602 on seeds 0 and 1 (``benchmarks/RESULTS.md``).
+    """
+    if gradient.stride() == parameter.stride():
+        return gradient
+    return torch.empty_like(parameter).copy_(gradient)
 
 
 def steps_exactly(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> bool:

@@ -197,6 +197,29 @@ def test_a_compiled_agent_on_one_cpu_process_steps_on_in_graph_gradients_as_the_
     for (name, got), want in zip(compiled.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(compiled.state_dict()["loss_module.log_alpha"], perturbed_agent(spec, True).state_dict()["loss_module.log_alpha"])
+    # Fused Adam reads gradients in memory order: each must come in its parameter's layout, as
+    # autograd gives them (the compiled graph's gradient of the critics' first layer comes transposed).
+    assert all(p.grad.stride() == p.stride() for p in compiled.trainable)
+
+
+def test_fused_adam_steps_a_compiled_agent_as_it_steps_on_autograds_gradients():
+    # One step, so Adam's lr * sign(gradient) cannot flip on float noise: compare with a tolerance
+    # below lr only where the gradient is clearly away from zero.
+    spec = Bounded(-2.0, 2.0, shape=(2,))
+    eager, compiled = (perturbed_agent(spec, critic_layer_norm=True) for _ in range(2))
+    compiled.hparams.compile = True
+    optimizers = [agent.configure_optimizers() for agent in (eager, compiled)]  # fused Adam, lr 3e-4
+    for agent, optimizer in zip((eager, compiled), optimizers):
+        agent.prepare_update(optimizer)
+    batch = as_batch(transitions(BATCH, 2, seed=0))
+    for agent, optimizer in zip((eager, compiled), optimizers):
+        torch.manual_seed(30)
+        losses, grads = agent.losses_and_gradients(batch)
+        agent.step(losses, optimizer, torch.Tensor.backward, grads)
+
+    for mine, theirs in zip(compiled.trainable, eager.trainable, strict=True):
+        clear = theirs.grad.abs() > 1e-4 * theirs.grad.abs().max()
+        torch.testing.assert_close(mine[clear], theirs[clear], rtol=0, atol=1e-6)
 
 
 def test_gradients_go_through_autograd_where_the_optimizer_steps_other_tensors():
