@@ -204,6 +204,8 @@ class SACAgent(LightningModule):
             self.compiled_gradients = torch.compile(partial(sac_gradients, kernels=COMPILABLE))
         elif not self.gradients_in_graph and self.compiled_losses is None:
             self.compiled_losses = compile_losses(self.device)
+        else:
+            return  # compiled already
         rank_zero_info("model.compile: the SAC update is compiled at its first call, which takes about 5-30 s on 2 CPU cores.")
 
     def single_plain_process(self) -> bool:

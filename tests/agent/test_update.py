@@ -328,3 +328,14 @@ def test_layout_linear_is_the_library_linear_with_gradients_in_the_weights_layou
     # As the graph gives it (before AccumulateGrad, which copies any other layout into the weight's):
     (raw,) = torch.autograd.grad(LayoutLinear.apply(x, ours[1], bias), [ours[1]], upstream)
     assert raw.stride() == weight.stride()
+
+
+def test_the_compile_message_comes_once_however_often_the_update_is_prepared(caplog):
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    optimizer = agent.configure_optimizers()
+
+    with caplog.at_level("INFO"):
+        for _ in range(3):  # on_train_start prepares it again after every fit and checkpoint restore
+            agent.prepare_update(optimizer, compile=True)
+
+    assert sum("compiled at its first call" in record.getMessage() for record in caplog.records) == 1
