@@ -379,6 +379,15 @@ class Networks:
     @classmethod
     def of(cls, loss: SACLoss) -> Networks:
         actor, head = actor_parts(loss)
+        owned = {id(p) for p in loss.parameters()}
+        if any(id(t) not in owned for layer in actor for t in (layer.weight, layer.bias) if t is not None):
+            # SACLoss's actor module and its trained parameters are the same tensors only as SACLoss
+            # builds them; copy.deepcopy of the loss (or of a module holding it) makes them two copies.
+            raise ValueError(
+                "the SACLoss's actor module no longer holds the parameters it trains (a copy.deepcopy of the agent "
+                "or its loss does that, pytorch/rl#1769): its policy would never learn. Build a new agent and load "
+                "the state_dict into it instead."
+            )
         device = loss.log_alpha.device
         if head.centre is not None:  # the actor's action bounds do not follow it to its device
             head.centre, head.half_width = head.centre.to(device), head.half_width.to(device)

@@ -1,5 +1,6 @@
 """The fast SAC update against its oracle, TorchRL's SACLoss and SoftUpdate: same losses, gradients and steps."""
 
+import copy
 from functools import partial
 
 import pytest
@@ -339,3 +340,14 @@ def test_the_compile_message_comes_once_however_often_the_update_is_prepared(cap
             agent.prepare_update(optimizer, compile=True)
 
     assert sum("compiled at its first call" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_an_agent_whose_policy_is_untied_from_its_trained_parameters_is_refused():
+    # copy.deepcopy of a SACLoss gives its actor module other tensors than the parameters the
+    # optimizer steps; updating that copy would train tensors the policy never reads.
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    agent.prepare_update()  # the agent as built is fine
+    copied = copy.deepcopy(agent)
+
+    with pytest.raises(ValueError, match="deepcopy.*state_dict"):
+        copied.prepare_update()
