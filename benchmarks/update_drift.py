@@ -93,10 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             next(p for p in runs[PATHS[2]].agent.loss_module.parameters() if p.requires_grad).view(-1)[0] += 1e-6
         data = runs["eager"].data
         data.real_buffer.extend(synthetic_transitions(20_000, data.specs.observation_dim, data.specs.action_dim))
-        sampled: dict[int, Batch] = {}
 
         def batches(update: int) -> Batch:
-            return sampled.setdefault(update, as_batch(data.sample_batch()))
+            return as_batch(data.sample_batch())  # one new batch an update, shared by the three agents
 
         rows = train_side_by_side({name: run.agent for name, run in runs.items()}, batches, args.updates, args.every)
     compiled_path = "in-graph gradients" if runs["compiled"].agent.gradients_in_graph else "autograd's backward"
