@@ -115,6 +115,6 @@ def test_agent_optimizer_is_fused_adam_at_its_learning_rate(path):
 
 @pytest.mark.parametrize("path", [path for path in CONFIGS if path.name.startswith("mbpo")], ids=lambda path: path.name)
 def test_mbpo_configs_compile_the_update(path):
-    # Measured faster at every MBPO config's sizes: 1.37-1.45x the eager update in the training loop on a
+    # Measured faster at every MBPO config's sizes: 1.25-1.45x the eager update in the training loop on a
     # 2-core CPU (benchmarks/RESULTS.md), with the same losses and steps (tests/agent/test_update.py).
     assert yaml.safe_load(path.read_text())["model"]["compile"] is True
