@@ -15,6 +15,7 @@ from nmbrl.agent.sac import check_compiler, compile_losses, steps_exactly
 from nmbrl.agent.update import COMPILABLE, LayoutLinear, Losses, Networks, OutputReLU, as_batch, library_linear, sac_gradients
 from nmbrl.envs import EnvSpecs
 from nmbrl.errors import ConfigError
+from tests.weights import distance
 
 BATCH = 128
 
@@ -244,9 +245,6 @@ def test_thirty_fused_adam_updates_on_in_graph_gradients_end_where_the_eager_age
             torch.manual_seed(40 + step)
             losses, grads = agent.losses_and_gradients(batch)
             agent.step(losses, optimizer, torch.Tensor.backward, grads)
-
-    def distance(these: list[torch.Tensor], those: list[torch.Tensor]) -> float:
-        return torch.cat([(a - b).flatten() for a, b in zip(these, those, strict=True)]).norm().item()
 
     moved = distance(list(eager.parameters()), start)
     assert moved > 0.1
