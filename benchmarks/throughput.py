@@ -121,6 +121,11 @@ def build_run(config: str, updates: int, threads: int, extra: list[str], root: s
     cli.datamodule.setup("fit")
     cli.model.build(cli.datamodule.specs)
     training = found[WorldModelTraining]
+    if training is None:
+        raise SystemExit(
+            f"error: {config} has no model_training, and this benchmark measures MBPO's phases (world model, rollouts) and "
+            "projects an MBPO run: give it an MBPO config, such as configs/mbpo.yaml."
+        )
     config = (cli.trainer.max_epochs, cli.datamodule.random_steps, training.world_model.hparams.max_epochs)
     return Run(cli, *found.values(), *config)
 

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from nmbrl.data import TRANSITION_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +100,8 @@ def test_the_json_record_feeds_the_concurrency_projection(tmp_path):
     costs = Costs.of(*records)
     assert costs.loop == (19_000 * 5 / 50.0, 19_000 * 5 / 75.0)
     assert estimate(costs, 16).concurrent < estimate(costs, 16).sync
+
+
+def test_a_config_without_a_world_model_is_refused_with_one_error_line(tmp_path):
+    with pytest.raises(SystemExit, match="^error: configs/sac.yaml has no model_training.*configs/mbpo.yaml"):
+        throughput.build_run("configs/sac.yaml", 10, 1, [], str(tmp_path))
