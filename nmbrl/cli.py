@@ -434,16 +434,20 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def run(args: list[str] | None = None) -> NMBRLCLI:
+def run(args: list[str] | None = None, **cli_options) -> NMBRLCLI:
     """Run the CLI; bad settings end with one line on stderr and exit status 2, divergence with status 3,
-    a stop by Ctrl+C or SIGTERM (after its checkpoint) with status 130 or 143."""
+    a stop by Ctrl+C or SIGTERM (after its checkpoint) with status 130 or 143.
+
+    ``cli_options`` go to ``LightningCLI``: ``trainer_defaults={"callbacks": [...]}`` adds callbacks
+    to every run's, beside the config's (``benchmarks/gradient_audit.py`` adds its audit so).
+    """
     interrupt.stopped_by = None  # this run's, not an earlier one's in the same process
     quiet_upstream_notices()
     try:
         if args is None:  # the command line: completed in place (LightningCLI warns when given both)
             sys.argv[1:] = with_a_config(sys.argv[1:])
-            return NMBRLCLI()
-        return NMBRLCLI(args=with_a_config(args))
+            return NMBRLCLI(**cli_options)
+        return NMBRLCLI(args=with_a_config(args), **cli_options)
     except SystemExit as exit_:
         if exit_.code == 1 and interrupt.stopped_by is not None:  # Lightning's sys.exit(1) after a KeyboardInterrupt
             raise SystemExit(SIGNAL_EXIT_BASE + interrupt.stopped_by) from None

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import TINY, TINY_MBPO, only_run, run_cli
+from cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
 from tensordict import TensorDict
+from test_audit_cli import audit, audited_at_the_floor
 from torch import nn
 from torchrl.data import Bounded
 
@@ -114,3 +115,15 @@ def test_mbpo_fits_with_the_compiled_update_on_a_gpu(store: Path):
     result = run_cli("fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *ON_GPU, "--model.compile", "true", store=store)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train/critic_loss" in only_run(store).data.metrics
+
+
+def test_the_compiled_update_with_cuda_graphs_steps_at_the_float32_floor_through_a_run(tmp_path: Path):
+    # CUDA graphs replay recorded kernels on fixed addresses: a tensor the optimizer or the Polyak step
+    # replaced, or an input not copied in, would show as gradients and steps far from float64's.
+    csv = tmp_path / "audit.csv"
+    result = audit(
+        "--every", "10", "--csv", str(csv), "--",
+        "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *ON_GPU, *store_args(tmp_path), "--model.compile", "true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert audited_at_the_floor(csv) == 20

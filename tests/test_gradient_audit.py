@@ -1,0 +1,113 @@
+"""benchmarks/gradient_audit.py: an exact update audits at the float32 floor, a wrong one far above it, and the run is left as it was."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchrl.data import Bounded
+
+from nmbrl.agent import SACAgent
+from nmbrl.agent.update import Batch
+from nmbrl.envs import EnvSpecs
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("gradient_audit", ROOT / "benchmarks" / "gradient_audit.py")
+gradient_audit = sys.modules["gradient_audit"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(gradient_audit)
+
+OBS, ACT = 3, 2
+
+
+def small_agent() -> tuple[SACAgent, torch.optim.Optimizer]:
+    """LayerNorm critics, a non-unit action box and the default fused Adam, prepared as ``on_train_start`` prepares it."""
+    torch.manual_seed(0)
+    agent = SACAgent(hidden_sizes=[16, 16], critic_layer_norm=True, init_alpha=0.3)
+    agent.build(EnvSpecs(observation_dim=OBS, action_spec=Bounded(-2.0, 0.5, shape=(ACT,))))
+    optimizer = agent.configure_optimizers()
+    agent.prepare_update(optimizer)
+    return agent, optimizer
+
+
+def batch(update: int) -> Batch:
+    generator = torch.Generator().manual_seed(update)
+    sizes = (OBS, ACT, 1, OBS)
+    return Batch(*(torch.randn(64, n, generator=generator) for n in sizes), torch.rand(64, 1, generator=generator) > 0.1)
+
+
+def train(agent: SACAgent, optimizer: torch.optim.Optimizer, updates: int, corrupt=None) -> None:
+    """``updates`` updates as ``SACAgent.update`` makes them (without a Trainer), on gradients ``corrupt`` may change."""
+    torch.manual_seed(7)  # the noise stream
+    for step in range(updates):
+        losses, gradients = agent.losses_and_gradients(batch(step))
+        if corrupt is not None:
+            gradients = corrupt(list(torch.autograd.grad(losses.total, agent.trainable)))
+        agent.step(losses, optimizer, torch.Tensor.backward, gradients)
+
+
+def test_an_exact_update_is_audited_at_the_float32_floor_and_trains_as_without_the_audit():
+    audited, optimizer = small_agent()
+    audit = gradient_audit.GradientAudit(every=2)
+    audit.attach(audited, optimizer)
+    train(audited, optimizer, updates=6)
+    plain, plain_optimizer = small_agent()
+    train(plain, plain_optimizer, updates=6)
+
+    assert [r.update for r in audit.records] == [2, 4, 6]
+    for record in audit.records:
+        assert 0 < record.eager_gradient < 1e-4 and record.run_gradient < 1e-4
+        assert 0 < record.eager_step < 1e-3 and record.run_step < 1e-3
+        assert record.layouts_match
+    # No random draw and no state changed: the audited agent's weights are the plain one's, bit for bit.
+    for got, want in zip(audited.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_a_gradient_on_the_wrong_weights_is_far_above_the_floor():
+    agent, optimizer = small_agent()
+    audit = gradient_audit.GradientAudit(every=1)
+    audit.attach(agent, optimizer)
+    first_critic_weight = next(i for i, p in enumerate(agent.trainable) if p.dim() == 3)  # stacked critics: Q x out x in
+
+    def rows_swapped(gradients: list[torch.Tensor]) -> list[torch.Tensor]:
+        gradients[first_critic_weight] = gradients[first_critic_weight].roll(1, dims=-2)
+        return gradients
+
+    train(agent, optimizer, updates=3, corrupt=rows_swapped)
+
+    assert len(audit.records) == 3
+    for record in audit.records:
+        assert record.run_gradient > 1e3 * record.eager_gradient
+        assert record.run_step > 1e2 * record.eager_step
+
+
+def test_detach_gives_the_agent_its_own_update_back():
+    agent, optimizer = small_agent()
+    audit = gradient_audit.GradientAudit(every=1)
+    audit.attach(agent, optimizer)
+    audit.detach()
+    train(agent, optimizer, updates=2)
+    assert audit.records == [] and "losses_and_gradients" not in agent.__dict__
+
+
+def test_the_table_has_a_row_per_epoch_and_one_for_the_run():
+    records = [gradient_audit.Audited(e, u, 1e-7 * u, 1e-7, 1e-5, 1e-5, e == 0) for e, u in ((0, 1), (0, 2), (1, 3))]
+    lines = gradient_audit.table(records).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 0", "| 1", "| all"]
+    assert lines[-1].split(" | ")[1:3] == ["3", "2.0e-07 / 3.0e-07"]
+    assert lines[-1].endswith("no (1) |")
+
+
+@pytest.mark.parametrize("argv, message", [(["--every", "0", "--", "fit"], "--every must be at least 1"), (["--", "--config", "c.yaml"], "starting with fit")])
+def test_bad_arguments_stop_before_the_run(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gradient_audit.parse_args(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_same_layout_ignores_the_strides_of_length_one_dimensions_only():
+    weight = torch.zeros(2, 4, 3)
+    assert gradient_audit.same_layout(torch.zeros(2, 4, 3), weight)
+    assert not gradient_audit.same_layout(torch.zeros(2, 3, 4).mT, weight)  # transposed, as 3eec406's graph gave it
+    assert gradient_audit.same_layout(torch.zeros(2, 1, 3), torch.zeros(2, 3).unsqueeze(1).expand(2, 1, 3))
