@@ -92,11 +92,12 @@ def test_detach_gives_the_agent_its_own_update_back():
 
 
 def test_the_table_has_a_row_per_epoch_and_one_for_the_run():
-    records = [gradient_audit.Audited(e, u, 1e-7 * u, 1e-7, 1e-5, 1e-5, e == 0) for e, u in ((0, 1), (0, 2), (1, 3))]
+    records = [gradient_audit.Audited(e, u, 1e-7 * u, 1e-7, 1e-5, 1e-5, e == 0) for e, u in ((0, 1), (0, 2), (1, 30))]
     lines = gradient_audit.table(records).splitlines()
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| 0", "| 1", "| all"]
-    assert lines[-1].split(" | ")[1:3] == ["3", "2.0e-07 / 3.0e-07"]
+    assert lines[-1].split(" | ")[1:3] == ["3", "2.0e-07 / 3.0e-06"]
     assert lines[-1].endswith("no (1) |")
+    assert "gradients 1, steps 0 of 3; the reverse: 0 and 0." in gradient_audit.verdict(records)
 
 
 @pytest.mark.parametrize("argv, message", [(["--every", "0", "--", "fit"], "--every must be at least 1"), (["--", "--config", "c.yaml"], "starting with fit")])
