@@ -59,6 +59,7 @@ class Pending:
 
     batch: Batch
     rng_state: torch.Tensor
+    trainable: list[torch.Tensor] | None = None  # the SACLoss's trained tensors, in ``trainable_tensors``' order
     weights_before: list[torch.Tensor] | None = None
     steps: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # float64's and eager float32's
     gradients: tuple[float, float, bool] | None = None
@@ -116,11 +117,13 @@ class GradientAudit(Callback):
             return
         agent = self.agent
         next_noise, noise = replayed_noise(pending, agent)
-        trainable = agent.trainable
-        stepped_on = [p.grad for p in trainable]
-        truth = float64_gradients(agent.networks, trainable, pending.batch, next_noise, noise)
-        eager = float32_gradients(agent.networks, trainable, pending.batch, next_noise, noise)
-        layouts = all(g is not None and same_layout(g, p) for p, g in zip(trainable, stepped_on, strict=True))
+        # Gathered afresh from the SACLoss, so that tensors the agent gathered once and kept cannot hide a stale copy.
+        networks = Networks.of(agent.loss_module)
+        trainable = pending.trainable = networks.trainable()
+        stepped_on = [torch.zeros_like(p) if p.grad is None else p.grad for p in trainable]  # None: stepped on nothing
+        truth = float64_gradients(networks, trainable, pending.batch, next_noise, noise)
+        eager = float32_gradients(networks, trainable, pending.batch, next_noise, noise)
+        layouts = all(p.grad is not None and same_layout(p.grad, p) for p in trainable)
         pending.gradients = (relative_error(stepped_on, truth), relative_error(eager, truth), layouts)
         pending.weights_before = [p.detach().clone() for p in trainable]
         pending.steps = (
@@ -132,7 +135,7 @@ class GradientAudit(Callback):
         pending, self.pending = self.pending, None
         if pending is None or pending.steps is None:
             return
-        taken = [p.detach() - before for p, before in zip(self.agent.trainable, pending.weights_before, strict=True)]
+        taken = [p.detach() - before for p, before in zip(pending.trainable, pending.weights_before, strict=True)]
         truth, eager = pending.steps
         run_gradient, eager_gradient, layouts = pending.gradients
         self.records.append(

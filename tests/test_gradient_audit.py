@@ -9,7 +9,7 @@ import torch
 from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
-from nmbrl.agent.update import Batch
+from nmbrl.agent.update import Batch, Layer, Networks
 from nmbrl.envs import EnvSpecs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,46 @@ def test_a_gradient_on_the_wrong_weights_is_far_above_the_floor():
     for record in audit.records:
         assert record.run_gradient > 1e3 * record.eager_gradient
         assert record.run_step > 1e2 * record.eager_step
+
+
+def test_gradients_taken_at_a_stale_copy_of_the_weights_are_far_above_the_floor():
+    # The bug class of a compiled update that reads copies of the weights gathered once: its
+    # gradients go to the live parameters, but are taken where the weights were.
+    agent, optimizer = small_agent()
+    audit = gradient_audit.GradientAudit(every=1)
+    audit.attach(agent, optimizer)
+    frozen = frozen_copy(agent.networks)
+    torch.manual_seed(7)
+    for step in range(4):
+        losses = losses_on(frozen, agent, batch(step))
+        gradients = list(torch.autograd.grad(losses.total, frozen.trainable()))
+        agent.step(losses, optimizer, torch.Tensor.backward, gradients)
+
+    first, *later = audit.records
+    assert first.run_gradient < 1e-4  # the copy is still the weights at the first update
+    assert all(r.run_gradient > 1e2 * r.eager_gradient and r.run_step > 1e2 * r.eager_step for r in later)
+
+
+def frozen_copy(networks: Networks) -> Networks:
+    def copied(t):
+        return None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
+
+    def layers(given):
+        return [Layer(layer.kind, copied(layer.weight), copied(layer.bias), layer.eps) for layer in given]
+
+    return Networks(
+        layers(networks.actor), networks.head, layers(networks.critics), layers(networks.target_critics),
+        copied(networks.log_alpha), networks.target_entropy, networks.gamma,
+    )  # fmt: skip
+
+
+def losses_on(networks: Networks, agent: SACAgent, batch: Batch):
+    """The losses of ``networks`` with the noise of the agent's audited update on ``batch`` (whose own losses go unused)."""
+    generator_state = torch.get_rng_state()
+    agent.losses_and_gradients(batch)  # the audit sees an update and keeps its noise's generator state
+    torch.set_rng_state(generator_state)
+    noise = torch.randn((2, *batch.action.shape))  # the same draw
+    return networks.losses(batch, noise[0], noise[1])
 
 
 def test_detach_gives_the_agent_its_own_update_back():
