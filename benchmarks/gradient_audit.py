@@ -74,6 +74,7 @@ class GradientAudit(Callback):
         self.every = every
         self.records: list[Audited] = []
         self.agent: SACAgent | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.epoch = 0
         self.updates = 0
         self.pending: Pending | None = None
@@ -116,7 +117,7 @@ class GradientAudit(Callback):
         if pending is None:
             return
         agent = self.agent
-        next_noise, noise = replayed_noise(pending, agent)
+        next_noise, noise = replayed_noise(pending)
         # Gathered afresh from the SACLoss, so that tensors the agent gathered once and kept cannot hide a stale copy.
         networks = Networks.of(agent.loss_module)
         trainable = pending.trainable = networks.trainable()
@@ -152,7 +153,7 @@ def rng_state(device: torch.device) -> torch.Tensor:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
-def replayed_noise(pending: Pending, agent: SACAgent) -> tuple[torch.Tensor, torch.Tensor]:
+def replayed_noise(pending: Pending) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise the audited update drew (``SACAgent.losses_and_gradients``'s draw), leaving the generator as it is."""
     action = pending.batch.action
     cuda = action.device.type == "cuda"
