@@ -37,7 +37,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, when run from anywhere
 
 from nmbrl.agent import SACAgent  # noqa: E402
-from nmbrl.agent.update import Batch, Layer, Networks, sac_losses  # noqa: E402
+from nmbrl.agent.update import Batch, Networks, sac_losses  # noqa: E402
 
 
 @dataclass
@@ -175,14 +175,8 @@ def float64_gradients(networks: Networks, trainable: list[torch.Tensor], batch: 
             return t
         return leaves[id(t)] if id(t) in leaves else (t.detach().double() if t.is_floating_point() else t)
 
-    def layers(given: list[Layer]) -> list[Layer]:
-        return [Layer(layer.kind, cast(layer.weight), cast(layer.bias), layer.eps) for layer in given]
-
     head = dataclasses.replace(networks.head, centre=cast(networks.head.centre), half_width=cast(networks.head.half_width))
-    wide = Networks(
-        layers(networks.actor), head, layers(networks.critics), layers(networks.target_critics),
-        cast(networks.log_alpha), cast(networks.target_entropy), cast(networks.gamma),
-    )  # fmt: skip
+    wide = dataclasses.replace(networks.map(cast), head=head, target_entropy=cast(networks.target_entropy), gamma=cast(networks.gamma))
     batch64 = Batch(*(cast(getattr(batch, f.name)) for f in dataclasses.fields(Batch)))
     losses = sac_losses(*wide.arguments(), batch64, next_noise.double(), noise.double())
     return list(torch.autograd.grad(losses.total, [leaves[id(t)] for t in trainable]))

@@ -9,7 +9,7 @@ import torch
 from torchrl.data import Bounded
 
 from nmbrl.agent import SACAgent
-from nmbrl.agent.update import Batch, Layer, Networks
+from nmbrl.agent.update import Batch, Networks
 from nmbrl.envs import EnvSpecs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,16 +101,7 @@ def test_gradients_taken_at_a_stale_copy_of_the_weights_are_far_above_the_floor(
 
 
 def frozen_copy(networks: Networks) -> Networks:
-    def copied(t):
-        return None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
-
-    def layers(given):
-        return [Layer(layer.kind, copied(layer.weight), copied(layer.bias), layer.eps) for layer in given]
-
-    return Networks(
-        layers(networks.actor), networks.head, layers(networks.critics), layers(networks.target_critics),
-        copied(networks.log_alpha), networks.target_entropy, networks.gamma,
-    )  # fmt: skip
+    return networks.map(lambda t: t.detach().clone().requires_grad_(t.requires_grad))
 
 
 def losses_on(networks: Networks, agent: SACAgent, batch: Batch):

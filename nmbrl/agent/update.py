@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,10 @@ class Layer:
     weight: Tensor | None = None
     bias: Tensor | None = None
     eps: float = 0.0
+
+    def mapped(self, fn: Callable[[Tensor], Tensor]) -> Layer:
+        """This layer with ``fn`` applied to its weight and bias (those it has)."""
+        return Layer(self.kind, *(None if t is None else fn(t) for t in (self.weight, self.bias)), self.eps)
 
 
 @dataclass
@@ -302,15 +306,11 @@ def sac_losses(
     critic_loss = (q - target_q).square().sum(0).mean()
 
     action, log_prob = sample_action(actor, head, batch.observation, noise, kernels)
-    frozen = [Layer(c.kind, detached(c.weight), detached(c.bias), c.eps) for c in critics]
+    frozen = [critic.mapped(Tensor.detach) for critic in critics]
     q_policy = critic_forward(frozen, batch.observation, action, kernels).min(dim=0).values
     actor_loss = (alpha * log_prob - q_policy).mean()
     alpha_loss = (-log_alpha * (log_prob.detach() + target_entropy)).mean()
     return Losses(actor_loss, critic_loss, alpha_loss, alpha, -log_prob.detach().mean())
-
-
-def detached(tensor: Tensor | None) -> Tensor | None:
-    return None if tensor is None else tensor.detach()
 
 
 def sac_gradients(
@@ -354,10 +354,7 @@ def trainable_tensors(actor: list[Layer], critics: list[Layer], log_alpha: Tenso
 
 def with_tensors(layers: list[Layer], tensors: Iterator[Tensor]) -> list[Layer]:
     """``layers`` with their weights and biases taken in turn from ``tensors`` (the order of ``trainable_tensors``)."""
-    return [
-        Layer(layer.kind, *(None if t is None else next(tensors) for t in (layer.weight, layer.bias)), layer.eps)
-        for layer in layers
-    ]
+    return [layer.mapped(lambda _: next(tensors)) for layer in layers]
 
 
 @dataclass
@@ -408,15 +405,18 @@ class Networks:
         """The networks' part of the arguments of ``sac_losses`` and ``sac_gradients``."""
         return self.actor, self.head, self.critics, self.target_critics, self.log_alpha, self.target_entropy, self.gamma
 
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Networks:
+        """These networks with ``fn`` applied to every layer's weight and bias and to ``log_alpha`` (the head and constants kept)."""
+        def layers(given: list[Layer]) -> list[Layer]:
+            return [layer.mapped(fn) for layer in given]
+
+        return replace(
+            self, actor=layers(self.actor), critics=layers(self.critics), target_critics=layers(self.target_critics), log_alpha=fn(self.log_alpha)
+        )
+
     def detached(self) -> Networks:
         """These networks with their tensors detached: the same storage, so every optimizer step shows in them."""
-        def layers(given: list[Layer]) -> list[Layer]:
-            return [Layer(layer.kind, detached(layer.weight), detached(layer.bias), layer.eps) for layer in given]
-
-        return Networks(
-            layers(self.actor), self.head, layers(self.critics), layers(self.target_critics),
-            self.log_alpha.detach(), self.target_entropy, self.gamma,
-        )  # fmt: skip
+        return self.map(Tensor.detach)
 
     def trainable(self) -> list[Tensor]:
         """The parameters ``gradients`` differentiates, in the order of its gradients."""
