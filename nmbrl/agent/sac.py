@@ -57,12 +57,19 @@ class SACAgent(LightningModule):
             actor (data are still collected with the actor). 5e-4 averages over about the last 2000
             updates. None (default): evaluate the actor itself.
         compile: Compile the update with ``torch.compile``. In one CPU process at full precision,
-            its losses and their gradients are one graph (``sac_gradients``), and Lightning's
-            ``on_before_backward``/``on_after_backward`` hooks do not run; with DDP, mixed precision
-            or on a GPU (with CUDA graphs), the compiled losses go through autograd's backward. The
-            first update then waits for the compilation (5-30 s on 2 CPU cores). Off here, on in
-            ``configs/mbpo.yaml``: 1.66x the eager update on a 2-core CPU (``benchmarks/RESULTS.md``).
-            Needs a C++ compiler and Python's headers, checked at once.
+            its losses and their gradients are one graph (``sac_gradients``; see
+            ``gradients_in_graph``); with DDP, mixed precision or on a GPU (with CUDA graphs), the
+            compiled losses go through autograd's backward. The first update then waits for the
+            compilation (5-30 s on 2 CPU cores). Off here, on in ``configs/mbpo.yaml``: 1.66x the
+            eager update on a 2-core CPU (``benchmarks/RESULTS.md``). Needs a C++ compiler and
+            Python's headers, checked at once.
+        gradients_in_graph: Where ``compile`` is on in one CPU process at full precision, take the
+            gradients in the compiled graph (``torch.func.grad``): 1.13x the update's rate, but
+            Lightning's ``on_before_backward``/``on_after_backward`` hooks do not run. False: the
+            compiled losses go through autograd's backward (and those hooks) there too. Both take
+            the same steps to float tolerance; over seeds 0-12 of the default job the in-graph
+            gradients ended lower at 20k (735 against 826, Welch's p 0.03, ``benchmarks/RESULTS.md``),
+            a gap no check has explained. No effect without ``compile``.
 
     Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
     ``training_step`` makes ``U`` updates of it. The losses are SACLoss's, computed by
@@ -87,6 +94,7 @@ class SACAgent(LightningModule):
         divergence_patience: int = 10,
         averaged_policy_tau: float | None = None,
         compile: bool = False,
+        gradients_in_graph: bool = True,
     ) -> None:
         super().__init__()
         check_sac_settings(hidden_sizes, gamma, tau, target_entropy, init_alpha)
@@ -185,11 +193,12 @@ class SACAgent(LightningModule):
     def prepare_update(self, optimizer: torch.optim.Optimizer | None = None, compile: bool | None = None) -> None:
         """Gather the tensors ``update`` reads from SACLoss and, where ``compile`` (default: ``model.compile``), compile the update.
 
-        Compiled on one CPU process, the losses and their gradients are one graph (``sac_gradients``).
-        Elsewhere the compiled losses go through autograd's backward, for what hooks into it: DDP's
-        gradient averaging across processes, mixed precision's loss scaling; and, on a GPU, CUDA
-        graphs of the losses (``compile_losses``). So they do where ``optimizer`` steps other
-        tensors than the ones ``sac_gradients`` differentiates (None: ``configure_optimizers``'s).
+        Compiled on one CPU process, the losses and their gradients are one graph (``sac_gradients``),
+        unless ``gradients_in_graph`` is off. Elsewhere the compiled losses go through autograd's
+        backward, for what hooks into it: Lightning's backward hooks, DDP's gradient averaging across
+        processes, mixed precision's loss scaling; and, on a GPU, CUDA graphs of the losses
+        (``compile_losses``). So they do where ``optimizer`` steps other tensors than the ones
+        ``sac_gradients`` differentiates (None: ``configure_optimizers``'s).
         """
         self.networks = Networks.of(self.loss_module)
         self.detached_networks = self.networks.detached()
@@ -199,7 +208,12 @@ class SACAgent(LightningModule):
         if not (self.hparams.compile if compile is None else compile):
             return
         stepped = optimizer if optimizer is not None else self.configure_optimizers()
-        self.gradients_in_graph = self.device.type == "cpu" and self.single_plain_process() and steps_exactly(stepped, self.trainable)
+        self.gradients_in_graph = (
+            self.hparams.gradients_in_graph
+            and self.device.type == "cpu"
+            and self.single_plain_process()
+            and steps_exactly(stepped, self.trainable)
+        )
         if self.gradients_in_graph and self.compiled_gradients is None:
             self.compiled_gradients = torch.compile(partial(sac_gradients, kernels=COMPILABLE))
         elif not self.gradients_in_graph and self.compiled_losses is None:

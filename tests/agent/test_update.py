@@ -265,6 +265,17 @@ def test_gradients_go_through_autograd_where_the_optimizer_steps_other_tensors()
     assert not agent.gradients_in_graph and agent.compiled_losses is not None
 
 
+def test_gradients_go_through_autograd_where_the_setting_says_so():
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    agent.hparams.compile = True
+    agent.hparams.gradients_in_graph = False
+
+    agent.prepare_update()
+
+    assert steps_exactly(agent.configure_optimizers(), agent.networks.trainable())  # the graph could take them
+    assert not agent.gradients_in_graph and agent.compiled_losses is not None and agent.compiled_gradients is None
+
+
 def test_compile_without_a_cpp_compiler_is_a_config_error_naming_the_fix(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
 

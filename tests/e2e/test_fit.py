@@ -9,6 +9,7 @@ import mlflow
 import pytest
 import torch
 from cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
+from lightning.pytorch import Callback
 
 from nmbrl.cli import run as cli_run
 from tests.weights import distance
@@ -118,11 +119,32 @@ def test_each_env_step_gives_updates_per_step_agent_updates(store: Path) -> None
     assert len(client.get_metric_history(run.info.run_id, "train/critic_loss")) >= 3 * 200 // 10 - 1  # every 10 updates
 
 
+class BackwardCounter(Callback):
+    def __init__(self) -> None:
+        self.backwards = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.backwards += 1
+
+
 def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
-    cli = cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", *store_args(store)])
+    counter = BackwardCounter()
+    cli = cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", *store_args(store)], trainer_defaults={"callbacks": [counter]})
 
     assert cli.model.gradients_in_graph and cli.model.compiled_gradients is not None  # one CPU process
     assert cli.trainer.global_step == 200
+    assert counter.backwards == 0  # no autograd backward, so none of Lightning's backward hooks
+    check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
+
+
+def test_a_compiled_update_without_in_graph_gradients_runs_autograds_backward_and_its_hooks(store: Path) -> None:
+    counter = BackwardCounter()
+    args = ["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", "--model.gradients_in_graph", "false"]
+    cli = cli_run([*args, *store_args(store)], trainer_defaults={"callbacks": [counter]})
+
+    assert not cli.model.gradients_in_graph and cli.model.compiled_losses is not None and cli.model.compiled_gradients is None
+    assert cli.trainer.global_step == 200
+    assert counter.backwards == 200  # Lightning's backward hooks ran once an update
     check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
 
 
