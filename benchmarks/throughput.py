@@ -359,6 +359,7 @@ class Figures:
     evaluation: float
     loop_compiled: bool = False  # the loop ran the compiled update (the config's model.compile)
     ceiling_ratio: float | None = None  # the loop's bare update over the ceiling, timed in alternating rounds
+    compiled_gradients: str = ""  # how the compiled update got its gradients: "in-graph gradients" or "autograd's backward"
 
     @property
     def loop_update(self) -> float:
@@ -410,7 +411,7 @@ def print_report(run: Run, f: Figures, args: argparse.Namespace) -> None:
         ("256x256 matrix products (the ceiling: 16 per update)", f"{f.matmul:.0f}/s, ceiling {f.matmul / 16:.0f} updates/s"),
         ("SAC update, TorchRL SACLoss + SoftUpdate (fixed batch)", f"{f.library_sac:.1f} updates/s"),
         ("SAC update, the agent's (fixed batch)", f"{f.bare_sac:.1f} updates/s"),
-        *([("SAC update, the agent's, compiled (fixed batch)", f"{f.compiled_sac:.1f} updates/s")] if f.compiled_sac else []),
+        *([(f"SAC update, the agent's, compiled{', ' + f.compiled_gradients if f.compiled_gradients else ''} (fixed batch)", f"{f.compiled_sac:.1f} updates/s")] if f.compiled_sac else []),
         *([("SAC update, Stable-Baselines3 SAC.train (peer)", f"{f.peer_sac:.1f} updates/s")] if f.peer_sac else []),
         (f"batch sampling + mixing (real_ratio {data.real_ratio}), an env step's {data.updates_per_step} at once", f"{f.sampling:.0f} batches/s"),
         (f"SAC update, Lightning loop (sampling, collection, hooks){', compiled' if f.loop_compiled else ''}", f"{f.loop:.1f} updates/s"),
@@ -467,10 +468,14 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     library = per_second(library_sac_step(run), args.updates)
     loop_compiled = bool(run.agent.hparams.compile)
     # Each agent_sac_step prepares the agent for its own kind of update: time it before the next.
-    other = None
+    other, compiled_gradients = None, ""
     if loop_compiled or args.compile:
         other = per_second(agent_sac_step(run, compile=not loop_compiled), args.updates)
+        if not loop_compiled:
+            compiled_gradients = gradients_path(run.agent)
     matmul, loop_update, ceiling_ratio = paired_rates(matmul_product(), agent_sac_step(run, compile=loop_compiled), args.updates)
+    if loop_compiled:
+        compiled_gradients = gradients_path(run.agent)
     bare, compiled = (other, loop_update) if loop_compiled else (loop_update, other)
     peer = None if args.skip_peer else peer_sac_rate(run, args.updates)
     per_step = data.updates_per_step
@@ -483,8 +488,13 @@ def measure(run: Run, args: argparse.Namespace) -> Figures:
     loop = lightning_loop_rate(run)  # last: fitting tears the data module down
     return Figures(
         matmul, library, bare, compiled, peer, sampling, loop, collect_random, collect_policy, wm_epoch, rollout, evaluation, loop_compiled,
-        ceiling_ratio,
+        ceiling_ratio, compiled_gradients,
     )  # fmt: skip
+
+
+def gradients_path(agent) -> str:
+    """How ``agent``'s prepared compiled update gets its gradients (``model.gradients_in_graph``, and where it applies)."""
+    return "in-graph gradients" if agent.gradients_in_graph else "autograd's backward"
 
 
 def main(argv: list[str] | None = None) -> None:

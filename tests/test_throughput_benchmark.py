@@ -105,3 +105,13 @@ def test_the_json_record_feeds_the_concurrency_projection(tmp_path):
 def test_a_config_without_a_world_model_is_refused_with_one_error_line(tmp_path):
     with pytest.raises(SystemExit, match="^error: configs/sac.yaml has no model_training.*configs/mbpo.yaml"):
         throughput.build_run("configs/sac.yaml", 10, 1, [], str(tmp_path))
+
+
+@pytest.mark.parametrize(("in_graph", "path"), [("true", "in-graph gradients"), ("false", "autograd's backward")])
+def test_the_compiled_row_says_how_the_update_gets_its_gradients(tmp_path, in_graph, path):
+    run = throughput.build_run(
+        str(ROOT / "configs" / "mbpo.yaml"), updates=30, threads=1, extra=["--model.gradients_in_graph", in_graph], root=str(tmp_path)
+    )
+    run.agent.prepare_update(run.agent.configure_optimizers(), compile=True)  # as agent_sac_step does; compiling waits for the first call
+
+    assert throughput.gradients_path(run.agent) == path
