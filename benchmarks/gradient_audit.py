@@ -2,8 +2,8 @@
 
 The compiled update (``model.compile``) does the eager update's maths in other float orders, and on a
 GPU it runs as CUDA graphs. ``tests/agent/test_update.py`` checks it for one to thirty updates from
-chosen weights; this checks it in the states a whole training run passes through. At every
-``--every``-th update, from the same weights, batch and noise, it recomputes the update
+chosen weights; this checks it in the states a whole training run passes through. At one update in
+every ``--every``, from the same weights, batch and noise, it recomputes the update
 
 - in float64: autograd's gradients of ``sac_losses``, then the optimizer's step in its plain
   (for-loop) form from a float64 copy of its state. This is the truth the others are measured from;
@@ -12,12 +12,16 @@ chosen weights; this checks it in the states a whole training run passes through
 and measures what the run's own optimizer stepped on (the ``.grad`` it read) and how far it moved
 the weights, as a relative error from float64. A bug (a gradient stepped on another weight, a stale
 tensor, a gradient in the wrong memory layout for a fused optimizer) shows as an error far above the
-floor; float noise stays near it. The audit draws no random numbers and changes no state, so the
-run follows the trajectory ``cli.py fit`` gives for the same arguments.
+floor; float noise stays near it. The audited update moves through the places of an env step's
+batches (the agent makes ``data.updates_per_step`` updates of one stack of batches), so that a bug
+at one place, such as a batch read from the wrong slice of the stack, shows too: with ``--every 20``
+and 5 updates per env step, the audit takes the 20th update, then the 39th, 58th, 77th and 96th
+(places 4, 3, 2, 1, 0), then the 120th, and so on. The audit draws no random numbers and changes no
+state, so the run follows the trajectory ``cli.py fit`` gives for the same arguments.
 
     python benchmarks/gradient_audit.py --every 20 -- fit --config configs/mbpo.yaml --seed_everything 5
 
-It prints a table by epoch (and writes one row per audited update with ``--csv``). One process: the
+It prints a table by epoch and by place (and writes one row per audited update with ``--csv``). One process: the
 optimizer is hooked in this one, so not with DDP.
 """
 
@@ -45,12 +49,13 @@ class Audited:
     """One audited update: relative errors from float64 of the run's and of eager float32's gradients and steps."""
 
     epoch: int
-    update: int
+    update: int  # counted from 1 at the start of the fit
     run_gradient: float
     eager_gradient: float
     run_step: float
     eager_step: float
     layouts_match: bool
+    place: int = 0  # the update's place among its env step's updates (0 to data.updates_per_step - 1)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Pending:
 
     batch: Batch
     rng_state: torch.Tensor
+    place: int
     trainable: list[torch.Tensor] | None = None  # the SACLoss's trained tensors, in ``trainable_tensors``' order
     weights_before: list[torch.Tensor] | None = None
     steps: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # float64's and eager float32's
@@ -72,6 +78,7 @@ class GradientAudit(Callback):
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.every = every
+        self.per_step = 1  # updates per env step, all on one stack of batches: the data module's updates_per_step
         self.records: list[Audited] = []
         self.agent: SACAgent | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -81,7 +88,7 @@ class GradientAudit(Callback):
         self.handles: list = []
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.attach(pl_module, pl_module.optimizers().optimizer)
+        self.attach(pl_module, pl_module.optimizers().optimizer, per_step=getattr(trainer.datamodule, "updates_per_step", 1))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.epoch = trainer.current_epoch
@@ -89,21 +96,31 @@ class GradientAudit(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.detach()
 
-    def attach(self, agent: SACAgent, optimizer: torch.optim.Optimizer) -> None:
-        """Audit ``agent``'s updates, which ``optimizer`` steps (works without a Trainer)."""
+    def attach(self, agent: SACAgent, optimizer: torch.optim.Optimizer, per_step: int = 1) -> None:
+        """Audit ``agent``'s updates, which ``optimizer`` steps, ``per_step`` of them on each stack of batches (works without a Trainer)."""
         self.detach()
-        self.agent, self.optimizer = agent, optimizer
+        self.agent, self.optimizer, self.per_step, self.updates = agent, optimizer, per_step, 0
         own = agent.losses_and_gradients
 
         def losses_and_gradients(batch: Batch):
             self.updates += 1
-            due = self.updates % self.every == 0
+            due = self.due(self.updates)
             # The update's noise is the next draw of the batch's device generator: keep its state to replay it.
-            self.pending = Pending(batch, rng_state(batch.action.device)) if due else None
+            self.pending = Pending(batch, rng_state(batch.action.device), (self.updates - 1) % self.per_step) if due else None
             return own(batch)
 
         agent.losses_and_gradients = losses_and_gradients
         self.handles = [optimizer.register_step_pre_hook(self.before_step), optimizer.register_step_post_hook(self.after_step)]
+
+    def due(self, update: int) -> bool:
+        """Whether to audit update ``update`` (counted from 1): one in each block of ``every``, at a place that moves back by one each block.
+
+        The last of the block, then the one before it, and so on through ``min(every, per_step)``
+        places: with ``every`` a multiple of ``per_step``, the last alone would always be the same
+        place among an env step's updates.
+        """
+        block, offset = divmod(update - 1, self.every)
+        return offset == self.every - 1 - block % min(self.every, self.per_step)
 
     def detach(self) -> None:
         if self.agent is not None:
@@ -140,7 +157,9 @@ class GradientAudit(Callback):
         truth, eager = pending.steps
         run_gradient, eager_gradient, layouts = pending.gradients
         self.records.append(
-            Audited(self.epoch, self.updates, run_gradient, eager_gradient, relative_error(taken, truth), relative_error(eager, truth), layouts)
+            Audited(
+                self.epoch, self.updates, run_gradient, eager_gradient, relative_error(taken, truth), relative_error(eager, truth), layouts, pending.place
+            )
         )
 
 
@@ -216,7 +235,7 @@ def relative_error(got: list[torch.Tensor], truth: list[torch.Tensor]) -> float:
 
 
 def table(records: list[Audited]) -> str:
-    """One row per epoch and one for the run: median and max of each relative error, and the layouts."""
+    """One row per epoch and one for the run, then one per place among an env step's updates (where there are several): median and max of each relative error, and the layouts."""
     def row(label: str, rows: list[Audited]) -> str:
         cells = [label, str(len(rows))]
         for key in ("run_gradient", "eager_gradient", "run_step", "eager_step"):
@@ -231,7 +250,9 @@ def table(records: list[Audited]) -> str:
     ]
     epochs = sorted({r.epoch for r in records})
     lines = [row(str(e), [r for r in records if r.epoch == e]) for e in epochs]
-    return "\n".join([*header, *lines, row("all", records)])
+    places = sorted({r.place for r in records})
+    by_place = [row(f"place {p}", [r for r in records if r.place == p]) for p in places] if len(places) > 1 else []
+    return "\n".join([*header, *lines, row("all", records), *by_place])
 
 
 def verdict(records: list[Audited]) -> str:
@@ -252,7 +273,7 @@ def verdict(records: list[Audited]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--every", type=int, default=20, help="audit every N-th SAC update (default 20)")
+    parser.add_argument("--every", type=int, default=20, help="audit one SAC update in every N (default 20), moving through the places of an env step's updates")
     parser.add_argument("--csv", type=Path, help="write one row per audited update here")
     parser.add_argument("cli", nargs=argparse.REMAINDER, help="-- then the arguments of cli.py, fit and its options")
     args = parser.parse_args(argv)

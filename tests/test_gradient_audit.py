@@ -104,13 +104,44 @@ def frozen_copy(networks: Networks) -> Networks:
     return networks.map(lambda t: t.detach().clone().requires_grad_(t.requires_grad))
 
 
-def losses_on(networks: Networks, agent: SACAgent, batch: Batch):
-    """The losses of ``networks`` with the noise of the agent's audited update on ``batch`` (whose own losses go unused)."""
+def losses_on(networks: Networks, agent: SACAgent, batch: Batch, read: Batch | None = None):
+    """The losses of ``networks`` on ``read`` (default ``batch``) with the noise of the agent's audited update on ``batch`` (whose own losses go unused)."""
     generator_state = torch.get_rng_state()
     agent.losses_and_gradients(batch)  # the audit sees an update and keeps its noise's generator state
     torch.set_rng_state(generator_state)
     noise = torch.randn((2, *batch.action.shape))  # the same draw
-    return networks.losses(batch, noise[0], noise[1])
+    return networks.losses(batch if read is None else read, noise[0], noise[1])
+
+
+def test_the_audited_update_moves_through_the_places_of_an_env_step_s_updates():
+    audit = gradient_audit.GradientAudit(every=20)
+    audit.per_step = 5
+    audited = [u for u in range(1, 201) if audit.due(u)]
+    assert audited == [20, 39, 58, 77, 96, 120, 139, 158, 177, 196]  # one in each block of 20
+    assert sorted((u - 1) % 5 for u in audited) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    audit.per_step = 1
+    assert [u for u in range(1, 61) if audit.due(u)] == [20, 40, 60]
+    audit.every = 1
+    assert all(audit.due(u) for u in range(1, 11))
+
+
+def test_a_batch_read_from_the_wrong_place_of_an_env_step_s_stack_is_found():
+    # With every 5th update audited and 5 updates an env step, the last update alone was always the
+    # same place among them: a bug at another place of the stack went unseen.
+    agent, optimizer = small_agent()
+    audit = gradient_audit.GradientAudit(every=5)
+    audit.attach(agent, optimizer, per_step=5)
+    torch.manual_seed(7)
+    for step in range(25):
+        read = batch(step - 1) if step % 5 == 3 else None  # the fourth update reads the third's batch
+        losses = losses_on(agent.networks, agent, batch(step), read)
+        agent.step(losses, optimizer, torch.Tensor.backward, list(torch.autograd.grad(losses.total, agent.trainable)))
+
+    assert [r.place for r in audit.records] == [4, 3, 2, 1, 0]
+    for record in audit.records:
+        wrong = record.place == 3
+        assert (record.run_gradient > 1e2 * record.eager_gradient) is wrong
+        assert (record.run_gradient < 1e-4) is not wrong
 
 
 def test_detach_gives_the_agent_its_own_update_back():
@@ -129,6 +160,14 @@ def test_the_table_has_a_row_per_epoch_and_one_for_the_run():
     assert lines[-1].split(" | ")[1:3] == ["3", "2.0e-07 / 3.0e-06"]
     assert lines[-1].endswith("no (1) |")
     assert "gradients 1, steps 0 of 3; the reverse: 0 and 0." in gradient_audit.verdict(records)
+
+
+def test_the_table_has_a_row_per_place_where_an_env_step_has_several_updates():
+    records = [gradient_audit.Audited(0, u, 1e-7 * u, 1e-7, 1e-5, 1e-5, True, place=(u - 1) % 2) for u in (2, 3, 6)]
+    lines = gradient_audit.table(records).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 0", "| all", "| place 0", "| place 1"]
+    assert lines[-2].split(" | ")[1:3] == ["1", "3.0e-07 / 3.0e-07"]  # update 3
+    assert lines[-1].split(" | ")[1:3] == ["2", "4.0e-07 / 6.0e-07"]  # updates 2 and 6
 
 
 @pytest.mark.parametrize("argv, message", [(["--every", "0", "--", "fit"], "--every must be at least 1"), (["--", "--config", "c.yaml"], "starting with fit")])

@@ -12,17 +12,19 @@ def audit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_a_compiled_run_is_audited_epoch_by_epoch_at_the_float32_floor(tmp_path):
+def test_a_compiled_run_is_audited_epoch_by_epoch_and_place_by_place_at_the_float32_floor(tmp_path):
     csv = tmp_path / "audit.csv"
     result = audit(
         "--every", "10", "--csv", str(csv), "--",
         "fit", "--config", "configs/mbpo.yaml", *TINY, *TINY_MBPO, *store_args(tmp_path), "--model.compile", "true",
+        "--data.updates_per_step", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[2:]] == ["| 0", "| 1", "| all"]
-    assert rows[-1].endswith("| yes |")
-    assert audited_at_the_floor(csv) == 20  # 2 epochs of 100 env steps, one update each: every 10th
+    assert [row.split(" | ")[0] for row in rows[2:]] == ["| 0", "| 1", "| all", "| place 0", "| place 1"]
+    assert all(row.endswith("| yes |") for row in rows[2:])
+    assert [row.split(" | ")[1] for row in rows[-2:]] == ["20", "20"]  # the two updates of an env step, in turn
+    assert audited_at_the_floor(csv) == 40  # 2 epochs of 100 env steps, two updates each: one in 10
 
 
 def audited_at_the_floor(csv: Path) -> int:
