@@ -127,24 +127,21 @@ class BackwardCounter(Callback):
         self.backwards += 1
 
 
-def test_a_compiled_update_trains_through_the_cli(store: Path) -> None:
+@pytest.mark.parametrize("in_graph, backwards", [("true", 0), ("false", 200)])
+def test_a_compiled_update_trains_through_the_cli_with_lightnings_backward_hooks_where_it_uses_autograd(
+    store: Path, in_graph: str, backwards: int
+) -> None:
+    # In one CPU process the gradients come from the compiled graph unless model.gradients_in_graph is
+    # false; only autograd's backward runs Lightning's backward hooks, once an update.
     counter = BackwardCounter()
-    cli = cli_run(["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", *store_args(store)], trainer_defaults={"callbacks": [counter]})
-
-    assert cli.model.gradients_in_graph and cli.model.compiled_gradients is not None  # one CPU process
-    assert cli.trainer.global_step == 200
-    assert counter.backwards == 0  # no autograd backward, so none of Lightning's backward hooks
-    check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
-
-
-def test_a_compiled_update_without_in_graph_gradients_runs_autograds_backward_and_its_hooks(store: Path) -> None:
-    counter = BackwardCounter()
-    args = ["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", "--model.gradients_in_graph", "false"]
+    args = ["fit", "--config", "configs/sac.yaml", *TINY, "--model.compile", "true", "--model.gradients_in_graph", in_graph]
     cli = cli_run([*args, *store_args(store)], trainer_defaults={"callbacks": [counter]})
 
-    assert not cli.model.gradients_in_graph and cli.model.compiled_losses is not None and cli.model.compiled_gradients is None
+    model = cli.model
+    assert model.gradients_in_graph is (in_graph == "true")
+    assert (model.compiled_gradients is not None, model.compiled_losses is not None) == (in_graph == "true", in_graph == "false")
     assert cli.trainer.global_step == 200
-    assert counter.backwards == 200  # Lightning's backward hooks ran once an update
+    assert counter.backwards == backwards
     check_run(store, COMMON_METRICS, absent_metrics=MODEL_METRICS)
 
 
