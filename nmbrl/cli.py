@@ -52,7 +52,8 @@ TORCH_THREADS_HELP = (
     "threads to the world-model trainer while it retrains, where the cores cannot hold both. On the idle 2-core "
     "machine benchmarks/throughput.py projects the default job 20-25% faster with 2 threads than with 1; but "
     "whenever another job shares the cores, threads that wait on each other made SAC updates 3.5 times and "
-    "world-model training 9 times slower than one thread. Pass 1 when you run several jobs side by side."
+    "world-model training 9 times slower than one thread. Pass 1 when you run several jobs side by side. The "
+    "run's config.yaml records the count 'auto' took: a seed's trajectory depends on it."
 )
 FLUSH_DENORMAL_HELP = (
     "Flush denormal floats (below 1.2e-38) to zero in CPU maths (default true). Adam's moment estimates of dead "
@@ -155,6 +156,8 @@ class NMBRLCLI(LightningCLI):
         if threads == "auto":
             threads = auto_torch_threads(trainer_processes(config.trainer.devices))
             rank_zero_info(f"torch_threads=auto: {threads} torch thread(s) per training process.")
+            # The run's saved config and MLflow params record the count: a seed's trajectory depends on it.
+            config.torch_threads = threads
         set_torch_threads(threads)
         check_trainer_flags(config.trainer)
         check_concurrent_roles(config)

@@ -114,13 +114,15 @@ def test_trainer_processes_counts_one_per_device(devices, processes):
 
 
 @pytest.mark.parametrize(("load", "threads"), [(0.0, 2), (1.0, 1)])
-def test_torch_threads_default_to_the_idle_cores(tmp_path, restore_torch_threads, machine, load, threads):
+def test_torch_threads_default_to_the_idle_cores_and_the_config_records_the_count(tmp_path, restore_torch_threads, machine, load, threads):
     machine(2, load)
     torch.set_num_threads(3)
 
-    build_cli(tmp_path)
+    built = build_cli(tmp_path)
 
     assert torch.get_num_threads() == threads
+    # What the run's config.yaml and MLflow params say: its seed's trajectory depends on the count.
+    assert built.config["torch_threads"] == threads
 
 
 def test_only_a_signal_stop_turns_lightnings_exit_status_1_into_the_shells_status_for_that_signal(monkeypatch):

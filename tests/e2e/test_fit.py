@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 from cli_runner import TINY, TINY_MBPO, only_run, run_cli, store_args
 from lightning.pytorch import Callback
 
@@ -50,6 +51,9 @@ def check_run(store: Path, expected_metrics: set[str], absent_metrics: set[str] 
     folder = store / "runs" / run.info.experiment_id / run.info.run_id
     assert (folder / "config.yaml").is_file()
     assert (folder / "checkpoints" / "last.ckpt").is_file()
+    # The thread count the run used, also where torch_threads was left at auto: a seed's trajectory depends on it.
+    threads = yaml.safe_load((folder / "config.yaml").read_text())["torch_threads"]
+    assert isinstance(threads, int) and threads >= 1 and run.data.params["torch_threads"] == str(threads)
     return run
 
 
