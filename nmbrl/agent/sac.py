@@ -118,6 +118,7 @@ class SACAgent(LightningModule):
         self.polyak_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.compiled_losses = None  # sac_losses compiled, for autograd's backward
         self.compiled_gradients = None  # sac_gradients compiled: losses and gradients in one graph
+        self.compiled = False  # whether `update` runs the compiled update (prepare_update decides)
         self.gradients_in_graph = False
         self.test_results: list[tuple[float, int, int]] = []  # return, env steps, seed
 
@@ -204,9 +205,10 @@ class SACAgent(LightningModule):
         self.detached_networks = self.networks.detached()
         self.trainable = self.networks.trainable()
         self.polyak_pairs = self.networks.polyak_pairs()
+        self.compiled = self.hparams.compile if compile is None else compile
         self.gradients_in_graph = False
-        if not (self.hparams.compile if compile is None else compile):
-            return
+        if not self.compiled:
+            return  # an update compiled before stays compiled, for a later prepare_update, but unused
         stepped = optimizer if optimizer is not None else self.configure_optimizers()
         self.gradients_in_graph = (
             self.hparams.gradients_in_graph
@@ -263,7 +265,7 @@ class SACAgent(LightningModule):
         if self.gradients_in_graph:
             gradients, losses = self.detached_networks.gradients(batch, noise[0], noise[1], self.compiled_gradients)
             return losses, gradients
-        return self.networks.losses(batch, noise[0], noise[1], self.compiled_losses), None
+        return self.networks.losses(batch, noise[0], noise[1], self.compiled_losses if self.compiled else None), None
 
     def step(
         self,

@@ -276,6 +276,24 @@ def test_gradients_go_through_autograd_where_the_setting_says_so():
     assert not agent.gradients_in_graph and agent.compiled_losses is not None and agent.compiled_gradients is None
 
 
+def test_an_eager_prepare_after_a_compiled_one_runs_the_eager_update():
+    # benchmarks/throughput.py and update_rates.py time one agent eager and compiled, in either order.
+    agent = perturbed_agent(Bounded(-1.0, 1.0, shape=(1,)), critic_layer_norm=False)
+    agent.hparams.gradients_in_graph = False
+    agent.prepare_update(compile=True)
+    calls = []
+    compiled = agent.compiled_losses
+    agent.compiled_losses = lambda *args: calls.append(1) or compiled(*args)
+    batch = as_batch(transitions(BATCH, 1, seed=0))
+
+    agent.losses_and_gradients(batch)
+    agent.prepare_update(compile=False)
+    losses, gradients = agent.losses_and_gradients(batch)
+
+    assert calls == [1] and not agent.compiled and gradients is None
+    assert losses.critic.grad_fn is not None  # eager autograd's graph, to step on
+
+
 def test_compile_without_a_cpp_compiler_is_a_config_error_naming_the_fix(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
 
