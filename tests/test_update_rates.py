@@ -1,6 +1,8 @@
 """benchmarks/update_rates.py: the GPU figures' script, checked on the CPU (the CUDA graphs row needs a GPU: tests/e2e/test_gpu.py)."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +59,12 @@ def test_bad_arguments_stop_before_anything_is_built(argv, message, capsys, monk
     with pytest.raises(SystemExit):
         update_rates.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_gpu_checks_stop_at_once_without_a_cuda_device(tmp_path):
+    environment = {**os.environ, "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")], env=environment, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 1
+    assert "no CUDA device" in (tmp_path / "device.txt").read_text()
+    assert not (tmp_path / "test_gpu.log").exists()  # nothing else ran
