@@ -67,9 +67,9 @@ class SACAgent(LightningModule):
             gradients in the compiled graph (``torch.func.grad``): 1.13x the update's rate, but
             Lightning's ``on_before_backward``/``on_after_backward`` hooks do not run. False: the
             compiled losses go through autograd's backward (and those hooks) there too. Both take
-            the same steps to float tolerance; over seeds 0-15 of the default job the in-graph
-            gradients ended lower at 20k (750 against 831, Welch's p 0.03, ``benchmarks/RESULTS.md``),
-            a gap no check has explained. No effect without ``compile``.
+            the same steps to float tolerance; over seeds 0-17 of the default job the in-graph
+            gradients ended at 762 at 20k against 815 (Welch's p 0.12, a gap that shrank as seeds
+            were added, ``benchmarks/RESULTS.md``). No effect without ``compile``.
 
     Each training batch holds one env step's ``U x B`` transitions (or ``B`` for one update), and
     ``training_step`` makes ``U`` updates of it. The losses are SACLoss's, computed by
