@@ -228,10 +228,15 @@ def agent_sac_step(run: Run, compile: bool = False) -> Callable[[], None]:
     agent, batch = run.agent, as_batch(run.data.sample_batch())
     optimizer = agent.configure_optimizers()
     agent.prepare_update(optimizer, compile=compile)
+    return update_step(agent, optimizer, batch)
+
+
+def update_step(agent, optimizer: torch.optim.Optimizer, batch) -> Callable[[], None]:
+    """One update of ``agent`` on ``batch`` as ``SACAgent.update`` makes it, with its check of the losses (its one sync), without Lightning."""
 
     def step() -> None:
         losses, gradients = agent.losses_and_gradients(batch)
-        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})  # its one sync
+        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})
         agent.step(losses, optimizer, torch.Tensor.backward, gradients)
 
     return step

@@ -10,8 +10,8 @@ eager and the agent's own compiled update, so the script can be checked anywhere
     python benchmarks/update_rates.py --config configs/mbpo_hopper.yaml --device cuda --env-steps 125000
 
 It prints a markdown table. Each rate is the median of three rounds of ``--updates / 3`` updates,
-after 30 untimed ones (CUDA graphs are recorded during those). Every update ends with the loss check
-that ``SACAgent.update`` makes, which waits for the device, as training does.
+after 30 untimed ones (CUDA graphs are recorded during those). Every update waits for the device at
+the loss check that ``SACAgent.update`` makes, as training does, so the rounds time the device's work.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -29,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py, beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, when run from anywhere
-from throughput import build_run, synthetic_transitions  # noqa: E402
+from throughput import build_run, per_second, synthetic_transitions, update_step  # noqa: E402
 
-from nmbrl.agent import DivergenceGuard, SACAgent  # noqa: E402
-from nmbrl.agent.update import COMPILABLE, Batch, as_batch, sac_losses  # noqa: E402
+from nmbrl.agent import SACAgent  # noqa: E402
+from nmbrl.agent.update import COMPILABLE, as_batch, sac_losses  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,17 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def update_step(agent: SACAgent, optimizer: torch.optim.Optimizer, batch: Batch) -> Callable[[], None]:
-    """One update as ``SACAgent.update`` makes it (without Lightning), with its check of the losses."""
-
-    def step() -> None:
-        losses, gradients = agent.losses_and_gradients(batch)
-        DivergenceGuard.values({"critic": losses.critic, "actor": losses.actor, "alpha": losses.alpha_loss})  # waits for the device
-        agent.step(losses, optimizer, torch.Tensor.backward, gradients)
-
-    return step
-
-
 def prepared(agent: SACAgent, optimizer: torch.optim.Optimizer, way: str) -> None:
     """Prepare ``agent`` to update one ``way``: eager, compiled (no CUDA graphs) or the agent's own compiled update."""
     if way == "eager":
@@ -71,7 +58,7 @@ def prepared(agent: SACAgent, optimizer: torch.optim.Optimizer, way: str) -> Non
         agent.compiled_losses = torch.compile(partial(sac_losses, kernels=COMPILABLE))  # default mode: no CUDA graphs
         agent.compiled = True
     else:  # the agent's own: CUDA graphs on a GPU, in-graph gradients on one CPU process
-        agent.compiled_losses = agent.compiled_gradients = None
+        agent.compiled_losses = agent.compiled_gradients = None  # prepare_update compiles only what it has not yet
         agent.prepare_update(optimizer, compile=True)
 
 
@@ -80,25 +67,6 @@ def ways(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         return {"eager": "eager", "compiled": "compiled, no CUDA graphs", "agent": "compiled with CUDA graphs (model.compile)"}
     return {"eager": "eager", "agent": "compiled (model.compile)"}
-
-
-def rate(step: Callable[[], None], updates: int, device: torch.device, warmup: int = 30) -> float:
-    """Updates/s: the median of three rounds of ``updates / 3``."""
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        step()
-    chunk, rounds = updates // 3, []
-    for _ in range(3):
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(chunk):
-            step()
-        synchronize()
-        rounds.append(chunk / (time.perf_counter() - start))
-    return sorted(rounds)[1]
 
 
 def measure(args: argparse.Namespace) -> tuple[dict[str, float], int, str]:
@@ -114,7 +82,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], int, str]:
         rates = {}
         for way, label in ways(device).items():
             prepared(agent, optimizer, way)
-            rates[label] = rate(update_step(agent, optimizer, batch), args.updates, device)
+            rates[label] = per_second(update_step(agent, optimizer, batch), args.updates)
         sizes = f"hidden {list(agent.hparams.hidden_sizes)}, batch {data.batch_size}, obs {data.specs.observation_dim}, act {data.specs.action_dim}"
         return rates, data.updates_per_step, sizes
 

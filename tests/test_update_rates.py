@@ -28,14 +28,14 @@ def test_the_table_projects_the_hours_of_each_rate_and_compares_it_with_eager():
 def test_each_way_of_updating_is_timed_on_the_cpu_and_the_eager_one_is_eager(monkeypatch, capsys):
     threads = torch.get_num_threads()
     timed = []
-    real_prepared, real_rate = update_rates.prepared, update_rates.rate
+    real_prepared, real_per_second = update_rates.prepared, update_rates.per_second
 
     def prepared(agent, optimizer, way):
         real_prepared(agent, optimizer, way)
         timed.append((way, agent.compiled, agent.gradients_in_graph))
 
     monkeypatch.setattr(update_rates, "prepared", prepared)
-    monkeypatch.setattr(update_rates, "rate", lambda step, updates, device: real_rate(step, updates, device, warmup=2))
+    monkeypatch.setattr(update_rates, "per_second", lambda step, updates: real_per_second(step, updates, warmup=2))
     try:
         update_rates.main(["--config", str(ROOT / "configs" / "mbpo.yaml"), "--device", "cpu", "--updates", "6", "--cli-args", *SMALL])
     finally:
